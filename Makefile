@@ -1,0 +1,36 @@
+# Two commands for a fresh machine (README): `make demo` runs the default pipeline end to end,
+# `make test` runs the test suite. Both create .venv with the pinned, tested versions first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Page-fault storms made fresh models 2-3x slower on CPU (shared/NOTES.md); keep freed memory mapped.
+export MALLOC_MMAP_MAX_ := 0
+export MALLOC_TRIM_THRESHOLD_ := 100000000000
+
+.PHONY: venv demo full test test-fast clean
+
+$(BIN)/edgekd: requirements/lock.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, from the pinned pair, so no package drags in another torch build
+	$(BIN)/pip install -q $$(grep -E '^(torch|torchvision)==' requirements/lock.txt)
+	$(BIN)/pip install -q -r requirements/lock.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(BIN)/edgekd
+
+venv: $(BIN)/edgekd
+
+demo: venv  ## the default pipeline (quick preset, ELPV) end to end
+	$(BIN)/edgekd run --preset quick --out runs/demo
+
+full: venv  ## the quality preset whose numbers README records
+	$(BIN)/edgekd run --preset full --out runs/elpv-full
+
+test: venv  ## the whole test suite
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,136 @@
+"""Two runs side by side (`edgekd bench RUN_A --compare RUN_B`) and results files to keep
+(`--save-results NAME` -> benchmarks/results/NAME.md)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
+from pipeline.errors import EdgekdError
+from pipeline.report import load_report
+from pipeline.rundir import RunDir, atomic_write_bytes
+
+from benchmarks.report import MEASUREMENT_HEADERS, measurement_rows, pct, to_markdown
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _load(run_dir: str | Path) -> tuple[RunDir, dict]:
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise EdgekdError(f"run directory not found: {run.root}")
+    rep = load_report(run)
+    if not rep:
+        raise EdgekdError(f"{run.root} has no report.json; run `edgekd run --out {run.root}` first")
+    return run, rep
+
+
+def _measurements(rep: dict) -> dict[str, dict]:
+    out = {}
+    for e in (rep.get("teacher_bench") or []) + (rep.get("student_bench") or []) + (rep.get("artifacts") or []):
+        key = f"{e.get('name')} [{e.get('profile')}]" if e.get("profile") else str(e.get("name"))
+        out[key] = e
+    return out
+
+
+def _fmt(v: Optional[float], kind: str) -> str:
+    if v is None:
+        return "—"
+    return {"pct": lambda x: f"{x * 100:.1f}%", "ms": lambda x: f"{x:.3f}", "mb": lambda x: f"{x / 1e6:.2f}",
+            "pts": lambda x: f"{x:+.1f}", "x": lambda x: f"{x:g}", "n": lambda x: f"{x:.0f}"}[kind](v)
+
+
+def _delta(a: Optional[float], b: Optional[float], kind: str) -> str:
+    if a is None or b is None:
+        return "—"
+    if kind in ("ms", "mb", "n") and a:
+        return f"{(b - a) / a * 100:+.0f}%"
+    if kind == "pct":
+        return f"{(b - a) * 100:+.1f} pts"
+    return f"{b - a:+.2f}"
+
+
+def compare_rows(ra: dict, rb: dict) -> list[list[str]]:
+    rows: list[list[str]] = []
+
+    def add(label: str, a, b, kind: str) -> None:
+        rows.append([label, _fmt(a, kind), _fmt(b, kind), _delta(a, b, kind)])
+
+    for k in ("teacher", "student", "baseline"):
+        add(f"{k} accuracy (PyTorch)", (ra.get(k) or {}).get("accuracy"), (rb.get(k) or {}).get("accuracy"), "pct")
+    add("KD gain (pts)", ra.get("kd_gain_points"), rb.get("kd_gain_points"), "pts")
+    ga = {g["name"]: g for g in ra.get("goals") or []}
+    gb = {g["name"]: g for g in rb.get("goals") or []}
+    for name in list(dict.fromkeys([*ga, *gb])):
+        add(f"goal {name} ({(ga.get(name) or gb.get(name))['target']})", (ga.get(name) or {}).get("value"),
+            (gb.get(name) or {}).get("value"), "x")
+    ma, mb_ = _measurements(ra), _measurements(rb)
+    for key in list(dict.fromkeys([*ma, *mb_])):
+        a, b = ma.get(key) or {}, mb_.get(key) or {}
+        add(f"{key} accuracy", a.get("accuracy"), b.get("accuracy"), "pct")
+        add(f"{key} p50 ms", (a.get("latency_ms") or {}).get("p50"), (b.get("latency_ms") or {}).get("p50"), "ms")
+        add(f"{key} size MB", a.get("size_bytes"), b.get("size_bytes"), "mb")
+        add(f"{key} peak RSS MB", a.get("peak_rss_mb"), b.get("peak_rss_mb"), "n")
+    return rows
+
+
+def compare(run_a: str | Path, run_b: str | Path, out: Optional[Path] = None) -> tuple[str, Path]:
+    """Markdown comparing two runs; written to `out` (default RUN_A/compare-<B>.md). Returns (text, path)."""
+    a, ra = _load(run_a)
+    b, rb = _load(run_b)
+    na, nb = a.root.name or str(a.root), b.root.name or str(b.root)
+    if na == nb:
+        na, nb = str(a.root), str(b.root)
+    blocks = [("h1", f"edgekd: {na} vs {nb}"),
+              ("p", f"A = {a.root} ({(ra.get('config') or {}).get('preset', '?')} preset), "
+                    f"B = {b.root} ({(rb.get('config') or {}).get('preset', '?')} preset). "
+                    "Δ is B relative to A; latencies from two runs compare only on one machine."),
+              ("table", ["metric", na, nb, "Δ (B vs A)"], compare_rows(ra, rb))]
+    for label, r in (("A", ra), ("B", rb)):
+        if r.get("headline"):
+            blocks.append(("p", f"{label}: {r['headline']}"))
+    text = to_markdown(blocks)
+    out = Path(out) if out else a.path(f"compare-{re.sub(r'[^A-Za-z0-9._-]+', '_', nb)}.md")
+    atomic_write_bytes(out, text.encode())
+    return text, out
+
+
+def save_results(run: RunDir, name: str, command: str, comparison: Optional[str] = None,
+                 results_dir: Path = RESULTS_DIR) -> Path:
+    """benchmarks/results/<name>.md: command, machine, date, headline, table, goals."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", name):
+        raise EdgekdError(f"--save-results name {name!r}: use letters, digits, '.', '_' or '-'")
+    rep = load_report(run)
+    m = rep.get("bench_machine") or rep.get("machine") or {}
+    blocks = [("h1", f"edgekd benchmark: {name}"),
+              ("list", [f"command: `{command}`", f"date: {m.get('date') or time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
+                        f"machine: {m.get('cpu')}, {m.get('cores')} cores ({m.get('cores_available', '?')} available), "
+                        f"{m.get('platform')}",
+                        "runtimes: " + ", ".join(f"{k} {v}" for k, v in (m.get("runtimes") or {}).items() if v),
+                        f"run: {run.root} ({(rep.get('config') or {}).get('preset', '?')} preset)"])]
+    if rep.get("headline"):
+        blocks.append(("strong", rep["headline"]))
+    t, s = rep.get("teacher") or {}, rep.get("student") or {}
+    if t and s:
+        blocks.append(("p", f"PyTorch test accuracy: teacher {t.get('arch')} {pct(t.get('accuracy'))}, student "
+                            f"{s.get('arch')} {pct(s.get('accuracy'))}, baseline "
+                            f"{pct((rep.get('baseline') or {}).get('accuracy'))}."))
+    entries = (rep.get("teacher_bench") or []) + (rep.get("student_bench") or []) + (rep.get("artifacts") or [])
+    if entries:
+        blocks.append(("table", MEASUREMENT_HEADERS, measurement_rows(entries)))
+    else:
+        blocks.append(("p", "No measurements in this run."))
+    goals = rep.get("goals") or []
+    if goals:
+        blocks.append(("h2", "Goals"))
+        blocks.append(("table", ["goal", "target", "value", "status", "detail"],
+                       [[g["name"], g["target"], "—" if g["value"] is None else f"{g['value']:g}x", g["status"],
+                         g["detail"]] for g in goals]))
+    text = to_markdown(blocks)
+    if comparison:
+        text += "\n" + comparison.replace("# edgekd:", "## Comparison:", 1)
+    path = results_dir / f"{name}.md"
+    atomic_write_bytes(path, text.encode())
+    return path

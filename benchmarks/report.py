@@ -1,0 +1,410 @@
+"""report.md and a self-contained report.html from report.json (the full report a person reads).
+
+    render(run) -> (report.md path, report.html path)
+
+Works at any point after the evaluate stage: sections without data say so. The markdown links
+its figures from RUN_DIR/report_files/*.png; the HTML embeds them as base64 data URIs, has no
+external resources and opens offline. Both come from one list of blocks, so they say the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from pipeline.report import load_report
+from pipeline.rundir import RunDir, atomic_write_bytes, read_json
+
+Block = tuple  # ("h1"|"h2"|"h3"|"p"|"strong"|"list"|"table"|"img"|"code", ...)
+
+
+# ----------------------------------------------------------------------------------------
+# formatting helpers
+
+
+def pct(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x * 100:.1f}%"
+
+
+def num(x: Optional[float], digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def mb(n: Optional[float]) -> str:
+    return "—" if not n else (f"{n / 1e6:.2f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB")
+
+
+def ms(x: Optional[float]) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def _first_profile(rep: dict) -> Optional[str]:
+    profs = (rep.get("bench_machine") or {}).get("profiles") or []
+    return profs[0]["profile"] if profs else None
+
+
+def measurement_rows(entries: list[dict]) -> list[list[str]]:
+    rows = []
+    for e in entries:
+        lat = e.get("latency_ms") or {}
+        thr = "—" if e.get("threads") is None else (
+            f"{e['threads']}" + (f" of {e['threads_requested']}" if e.get("threads_requested") not in
+                                 (None, e["threads"]) else ""))
+        status = e.get("status") or "—"
+        if e.get("early_stop"):
+            status += " (stopped at time cap)"
+        rows.append([e.get("name") or "?", e.get("model") or "", e.get("format") or "", e.get("precision") or "—",
+                     e.get("profile") or "—", thr, mb(e.get("size_bytes")), pct(e.get("accuracy")),
+                     pct(e.get("agreement_teacher")), pct(e.get("agreement_student")), ms(lat.get("p50")),
+                     ms(lat.get("p95")), ms(lat.get("p99")), num(e.get("throughput_ips"), 1),
+                     num(e.get("peak_rss_mb"), 0), ms(e.get("load_ms")), ms(e.get("first_inference_ms")),
+                     e.get("parity_status") or "—", status])
+    return rows
+
+
+MEASUREMENT_HEADERS = ["artifact", "model", "format", "precision", "profile", "threads", "size", "accuracy",
+                       "agree teacher", "agree student", "p50 ms", "p95 ms", "p99 ms", "throughput /s",
+                       "peak RSS MB", "load ms", "first inference ms", "parity", "status"]
+
+
+def latency_rows(entries: list[dict]) -> list[list[str]]:
+    rows = []
+    for e in entries:
+        lat = e.get("latency_ms")
+        if not lat:
+            continue
+        rows.append([e["name"], e.get("profile") or "—", str(e.get("queries") or "—")]
+                    + [ms(lat.get(k)) for k in ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")]
+                    + [ms(e.get("compute_bound_ms")) if e.get("compute_bound_ms") else "—"])
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# the blocks
+
+
+def _histories(run: RunDir) -> dict[str, list[dict]]:
+    out = {}
+    for kind, label in (("student", "KD student"), ("baseline", "hard-label baseline")):
+        p = run.student_dir(kind) / "history.json"
+        try:
+            out[label] = read_json(p).get("history", []) if p.exists() else []
+        except (ValueError, AttributeError):
+            out[label] = []
+    return out
+
+
+def build(run: RunDir, rep: dict) -> tuple[list[Block], dict[str, bytes]]:
+    from benchmarks import plots
+
+    cfg = rep.get("config") or {}
+    blocks: list[Block] = [("h1", f"edgekd run: {cfg.get('name', run.root.name)} ({cfg.get('preset', '?')} preset)")]
+    figures: dict[str, bytes] = {}
+    t, s, b = rep.get("teacher"), rep.get("student"), rep.get("baseline")
+    if rep.get("headline"):
+        blocks.append(("strong", rep["headline"]))
+    if t and s:
+        drop = (s["accuracy"] - t["accuracy"]) * 100
+        line = (f"Distilled student {s.get('arch')}: {pct(s['accuracy'])} vs teacher {t.get('arch')} "
+                f"{pct(t['accuracy'])} ({drop:+.1f} pts)")
+        if b:
+            line += f"; hard-label baseline {pct(b['accuracy'])} (KD {rep.get('kd_gain_points', 0):+.1f} pts)"
+        blocks.append(("p", line + "."))
+    if not rep:
+        blocks.append(("p", "report.json is empty: run `edgekd run` (at least up to the evaluate stage) first."))
+
+    # models ---------------------------------------------------------------------------------
+    if t or s:
+        blocks.append(("h2", "Models (PyTorch, test split)"))
+        rows = []
+        for name, r in (("teacher", t), ("student (KD)", s), ("baseline (hard labels)", b)):
+            if not r:
+                continue
+            rows.append([name, str(r.get("arch")), f"{r['params'] / 1e6:.2f} M" if r.get("params") else "—",
+                         pct(r.get("accuracy")), num(r.get("macro_f1"), 3), num(r.get("ece"), 3),
+                         pct(r.get("agreement_teacher"))])
+        blocks.append(("table", ["model", "arch", "params", "accuracy", "macro-F1", "ECE", "agreement with teacher"],
+                       rows))
+
+    # measurements ---------------------------------------------------------------------------
+    blocks.append(("h2", "On-device-style benchmark"))
+    benched = "artifacts" in rep
+    arts = rep.get("artifacts") or []
+    refs = (rep.get("teacher_bench") or []) + (rep.get("student_bench") or [])
+    prof = _first_profile(rep)
+    if not benched:
+        blocks.append(("p", f"Not benchmarked yet: run `edgekd bench {run.root}`."))
+    else:
+        st = rep.get("bench_settings") or {}
+        blocks.append(("p", f"Each artifact runs in its own fresh process: load, first inference, "
+                            f"{st.get('warmup', '?')} warm-up runs, then single-stream batch-1 queries until at least "
+                            f"{st.get('min_queries', '?')} queries and {st.get('min_seconds', '?')} s. Accuracy and "
+                            f"agreement on {st.get('accuracy_images', '?')} test images. Peak RSS is the whole "
+                            f"process (runtime included) before the accuracy pass."))
+        measured = refs + arts
+        if measured:
+            blocks.append(("table", MEASUREMENT_HEADERS, measurement_rows(measured)))
+        if not arts:
+            blocks.append(("p", "No exported artifacts yet: run the export stage "
+                                f"(`edgekd run --out {run.root} --stages export,bench`). The teacher and the PyTorch "
+                                "student above are measured for reference."))
+        not_measured = [e for e in arts if e.get("status") != "ok"]
+        if not_measured:
+            blocks.append(("h3", "Artifacts not measured"))
+            blocks.append(("list", [f"{e['name']} ({e.get('format')} {e.get('precision') or ''}): {e['status']} — "
+                                    f"{e.get('reason') or 'no reason given'}" for e in not_measured]))
+        lrows = latency_rows(measured)
+        if lrows:
+            blocks.append(("h3", "Latency distribution (ms)"))
+            blocks.append(("table", ["artifact", "profile", "queries", "mean", "std", "min", "p50", "p90", "p95",
+                                     "p99", "max", "fp32 compute bound"], lrows))
+    # goals
+    goals = rep.get("goals") or []
+    blocks.append(("h2", "Goals"))
+    if goals:
+        blocks.append(("table", ["goal", "target", "value", "status", "detail"],
+                       [[g["name"], g["target"], "—" if g["value"] is None else f"{g['value']:g}x", g["status"],
+                         g["detail"]] for g in goals]))
+        blocks.append(("p", "Goals are reported, not enforced. The compute bound assumes every multiply-accumulate "
+                            "runs as one lane of a fused multiply-add at the clock shown under Machine; memory "
+                            "traffic, depthwise convolutions and framework overhead are ignored, so small models sit "
+                            "well above it."))
+    else:
+        blocks.append(("p", "No goals evaluated yet (they come with the benchmark)."))
+
+    # plots ----------------------------------------------------------------------------------
+    blocks.append(("h2", "Plots"))
+    fig_specs = []
+    if benched:
+        fig_specs.append(("pareto", plots.pareto(refs + arts, prof), "Accuracy vs latency (Pareto front)"))
+        fig_specs.append(("size_memory", plots.size_memory(refs + arts, prof), "File size and peak memory"))
+    classes = (rep.get("data") or {}).get("classes") or list(((t or {}).get("per_class_recall") or {}).keys())
+    fig_specs.append(("confusion", plots.confusion({k: (r or {}).get("confusion_matrix") for k, r in
+                                                    (("teacher", t), ("student (KD)", s))}, classes),
+                      "Confusion matrices on the test split (rows: true class; colour: row share)"))
+    fig_specs.append(("training_curves", plots.training_curves(_histories(run)),
+                      "Training curves: KD student vs hard-label baseline"))
+    shown = 0
+    for name, png, caption in fig_specs:
+        if png:
+            figures[name] = png
+            blocks.append(("img", name, caption))
+            shown += 1
+    if not shown:
+        blocks.append(("p", "No data to plot yet."))
+
+    # gates ----------------------------------------------------------------------------------
+    blocks.append(("h2", "Gates"))
+    gate_items = [f"{'PASS' if g.get('passed') else 'FAIL'} {g.get('name')}: {g.get('message')}"
+                  for g in rep.get("gates") or []]
+    seen = set()
+    for e in arts:
+        if e["name"] in seen:
+            continue
+        seen.add(e["name"])
+        ps = e.get("parity_status")
+        detail = _parity_detail(e.get("parity"))
+        word = {"passed": "PASS", "failed": "FAIL"}.get(ps or "", (ps or "NO PARITY").upper())
+        gate_items.append(f"{word} parity {e['name']}" + (f": {detail}" if detail else ""))
+    blocks.append(("list", gate_items) if gate_items else ("p", "No gates recorded."))
+
+    # per-class recall -----------------------------------------------------------------------
+    if t and s and t.get("per_class_recall"):
+        blocks.append(("h2", "Per-class recall"))
+        rows = [[c, pct(t["per_class_recall"].get(c)), pct(s.get("per_class_recall", {}).get(c)),
+                 pct((b or {}).get("per_class_recall", {}).get(c))] for c in t["per_class_recall"]]
+        blocks.append(("table", ["class", "teacher", "student", "baseline"], rows))
+
+    # data -----------------------------------------------------------------------------------
+    d = rep.get("data") or {}
+    blocks.append(("h2", "Data"))
+    if d:
+        items = [f"source: {d.get('source')}, {d.get('num_images')} images, {len(d.get('classes') or [])} classes",
+                 f"class imbalance: {d.get('imbalance_ratio')}x (largest / smallest class); majority class is "
+                 f"{pct(d.get('majority_class_share_test'))} of test (accuracy of always guessing it)"]
+        sc = d.get("split_counts") or {}
+        if sc:
+            items.append("split: " + ", ".join(f"{k} {sum(v.values()) if isinstance(v, dict) else v}"
+                                               for k, v in sc.items()))
+        skipped = d.get("skipped") or []
+        dups = d.get("cross_split_duplicates") or []
+        items.append(f"skipped (unreadable) files: {len(skipped)}")
+        items.append(f"leakage: {len(dups)} image(s) identical across splits")
+        blocks.append(("list", items))
+        if sc:
+            cls = list(d.get("class_counts") or next(iter(sc.values()), {}) or {})
+            blocks.append(("table", ["class"] + list(sc), [[c] + [str((sc[k] or {}).get(c, 0)) for k in sc]
+                                                          for c in cls]))
+        if skipped:
+            blocks.append(("h3", "Skipped files"))
+            blocks.append(("list", [_short(x) for x in skipped[:20]] + ([f"... {len(skipped) - 20} more"]
+                                                                         if len(skipped) > 20 else [])))
+        if dups:
+            blocks.append(("h3", "Cross-split duplicates (leakage)"))
+            blocks.append(("list", [_short(x) for x in dups[:20]] + ([f"... {len(dups) - 20} more"]
+                                                                      if len(dups) > 20 else [])))
+    else:
+        blocks.append(("p", "No data report."))
+
+    # machine --------------------------------------------------------------------------------
+    blocks.append(("h2", "Machine"))
+    m = rep.get("bench_machine") or rep.get("machine") or {}
+    if m:
+        items = [f"CPU: {m.get('cpu')}, {m.get('cores')} logical cores"
+                 + (f" ({m.get('cores_available')} available to this process)" if m.get("cores_available") else ""),
+                 f"platform: {m.get('platform')}, Python {m.get('python')}"]
+        if m.get("clock_ghz"):
+            items.append(f"clock {m['clock_ghz']} GHz ({m.get('clock_source')}), SIMD {m.get('simd')}")
+        if m.get("runtimes"):
+            items.append("runtimes: " + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items() if v))
+        for p in m.get("profiles") or []:
+            peak = (m.get("compute_peak") or {}).get(p["profile"], {})
+            items.append(f"profile {p['profile']}: {p['threads_requested']} thread(s) requested, {p['threads']} used "
+                         f"on CPU(s) {p['cpus']}" + (" pinned with sched_setaffinity" if p.get("pinned") else
+                                                      " (not pinned: the OS does not allow it)")
+                         + (f"; fp32 peak {peak.get('peak_gmacs_per_s')} GMAC/s" if peak.get("peak_gmacs_per_s") else ""))
+        if m.get("macs"):
+            items.append("MACs per image (Conv2d + Linear, batch 1): " + ", ".join(
+                f"{k} {v / 1e6:.1f} M" for k, v in m["macs"].items() if v))
+        if m.get("date"):
+            items.append(f"measured {m['date']}")
+        blocks.append(("list", items))
+        peak = next(iter((m.get("compute_peak") or {}).values()), None)
+        if peak and peak.get("assumption"):
+            blocks.append(("p", f"Compute-peak assumption: {peak['assumption']}."))
+    else:
+        blocks.append(("p", "Not recorded."))
+    stages = rep.get("stages") or {}
+    if stages:
+        blocks.append(("h2", "Stage wall times (s)"))
+        blocks.append(("list", [f"{k}: {v}" for k, v in stages.items()]))
+    return blocks, figures
+
+
+def _parity_detail(p: Any) -> str:
+    if not isinstance(p, dict):
+        return ""
+    parts = []
+    for k, v in p.items():
+        if k == "status" or isinstance(v, (dict, list)):
+            continue
+        parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+    return ", ".join(parts)
+
+
+def _short(x: Any) -> str:
+    if isinstance(x, dict):
+        return ", ".join(f"{k}: {v}" for k, v in x.items())[:300]
+    return str(x)[:300]
+
+
+# ----------------------------------------------------------------------------------------
+# markdown and HTML writers
+
+
+def _md_cell(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list[Block], fig_dir: str = "report_files") -> str:
+    out: list[str] = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            out += ["#" * int(kind[1]) + " " + b[1], ""]
+        elif kind == "p":
+            out += [b[1], ""]
+        elif kind == "strong":
+            out += [f"**{b[1]}**", ""]
+        elif kind == "list":
+            out += [f"- {x}" for x in b[1]] + [""]
+        elif kind == "table":
+            headers, rows = b[1], b[2]
+            out.append("| " + " | ".join(_md_cell(h) for h in headers) + " |")
+            out.append("|" + "---|" * len(headers))
+            out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
+            out.append("")
+        elif kind == "img":
+            out += [f"![{b[2]}]({fig_dir}/{b[1]}.png)", "", f"*{b[2]}*", ""]
+        elif kind == "code":
+            out += ["```", b[1], "```", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+_INLINE_CODE = re.compile(r"`([^`]+)`")
+
+
+def _inline(s: str) -> str:
+    return _INLINE_CODE.sub(r"<code>\1</code>", html.escape(str(s), quote=False))
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;white-space:nowrap}th{background:#f3f3f3}
+tr:nth-child(even) td{background:#fafafa}.headline{font-size:1.15em;background:#eef6ee;padding:.6em;
+border-left:4px solid #3a3}figure{margin:1em 0}figcaption{font-size:.85em;color:#555}img{max-width:100%}
+td.ok,td.passed,td.met,td.PASS{color:#185}td.failed,td.FAIL,td.timeout{color:#b22;font-weight:bold}
+td.skipped,td.unknown{color:#a70}code{background:#f3f3f3;padding:0 .2em}
+"""
+
+
+def to_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> str:
+    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+           f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style></head><body>"]
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{_inline(b[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline(b[1])}</p>")
+        elif kind == "strong":
+            out.append(f"<p class=\"headline\"><strong>{_inline(b[1])}</strong></p>")
+        elif kind == "list":
+            out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b[1]) + "</ul>")
+        elif kind == "table":
+            headers, rows = b[1], b[2]
+            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in headers) + "</tr></thead><tbody>")
+            for r in rows:
+                cells = []
+                for c in r:
+                    cls = str(c).split(" ")[0] if str(c).split(" ")[0] in (
+                        "ok", "failed", "skipped", "timeout", "passed", "met", "unknown") else ""
+                    if str(c) == "not met":
+                        cls = "failed"
+                    cells.append(f"<td class=\"{cls}\">{_inline(c)}</td>" if cls else f"<td>{_inline(c)}</td>")
+                out.append("<tr>" + "".join(cells) + "</tr>")
+            out.append("</tbody></table>")
+        elif kind == "img":
+            png = figures.get(b[1])
+            if png:
+                data = base64.b64encode(png).decode("ascii")
+                out.append(f"<figure><img alt=\"{html.escape(b[2])}\" src=\"data:image/png;base64,{data}\">"
+                           f"<figcaption>{_inline(b[2])}</figcaption></figure>")
+        elif kind == "code":
+            out.append(f"<pre>{html.escape(b[1])}</pre>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def render(run: RunDir) -> tuple[Path, Path]:
+    """Write RUN_DIR/report.md (+ report_files/*.png) and a self-contained RUN_DIR/report.html."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    rep = load_report(run)
+    blocks, figures = build(run, rep)
+    fig_dir = run.path("report_files")
+    for name, png in figures.items():
+        atomic_write_bytes(fig_dir / f"{name}.png", png)
+    md = run.path("report.md")
+    htm = run.path("report.html")
+    atomic_write_bytes(md, to_markdown(blocks).encode())
+    title = blocks[0][1] if blocks and blocks[0][0] == "h1" else "edgekd report"
+    atomic_write_bytes(htm, to_html(blocks, figures, title).encode())
+    return md, htm

@@ -1,0 +1,266 @@
+"""Typed run configuration: presets, YAML files and `--set a.b=value` overrides.
+
+Every section forbids unknown keys so a typo is an error that names the closest valid key,
+never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import EdgekdError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: str = Field("elpv", description="'elpv' (bundled ELPV dataset) or a path to an ImageFolder")
+    image_size: int = Field(224, ge=16, le=1024, description="square input size fed to the models")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share when the data has no test/ split")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of train held out for model selection")
+    seed: int = 0
+    max_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb limit (pixels per image)")
+    skip_bad_images: bool = Field(False, description="skip unreadable images instead of stopping")
+    limit_per_class: Optional[int] = Field(None, ge=1, description="cap images per class (smoke tests)")
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    balance: bool = Field(True, description="class-balanced sampling in training (ELPV is imbalanced)")
+
+
+class TeacherConfig(_Section):
+    arch: str = Field("efficientnet_lite2", description="torchvision classifier name or efficientnet_lite0/1/2")
+    weights: Optional[str] = Field(
+        "imagenet",
+        description="'imagenet' (bundled for efficientnet_lite*, downloaded for torchvision), a local "
+        ".safetensors / weights-only .pt file, a torchvision weights name, or null (random init)",
+    )
+    onnx: Optional[str] = Field(None, description="path to a teacher exported to ONNX (any framework)")
+    finetune: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: fine-tune unless the weights already have a head for these classes"
+    )
+    head_epochs: int = Field(1, ge=0, description="epochs training only the new head")
+    epochs: int = Field(8, ge=0, description="epochs fine-tuning the whole network after the head")
+    lr: float = Field(1e-3, gt=0)
+    freeze_blocks: int = Field(0, ge=0, description="leading feature blocks kept frozen while fine-tuning")
+
+
+class StudentConfig(_Section):
+    arch: Literal["mobilenet_v3_small", "mobilenet_v3_large"] = "mobilenet_v3_small"
+    width_mult: float = Field(1.0, gt=0, le=2.0)
+    weights: Optional[str] = Field(None, description="local .safetensors / weights-only .pt to start from")
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class FeatureKDConfig(_Section):
+    enabled: bool = False
+    teacher_layer: str = Field("", description="module name in the teacher (forward hook)")
+    student_layer: str = Field("", description="module name in the student (forward hook)")
+    weight: float = Field(1.0, ge=0)
+
+
+class KDConfig(_Section):
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term")
+    temperature: float = Field(4.0, gt=0)
+    loss: Literal["kd", "dkd"] = "kd"
+    dkd_alpha: float = Field(1.0, ge=0)
+    dkd_beta: float = Field(8.0, ge=0)
+    mode: Literal["cached", "online"] = Field(
+        "cached", description="cached: teacher logits computed once; online: teacher sees each augmented batch"
+    )
+    cache_dir: Optional[str] = Field(None, description="shared soft-label cache (default: inside the run)")
+    feature: FeatureKDConfig = FeatureKDConfig()
+
+    @model_validator(mode="after")
+    def _feature_needs_online(self) -> "KDConfig":
+        if self.feature.enabled and self.mode != "online":
+            raise ValueError("kd.feature.enabled needs kd.mode=online (features are not cached)")
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.02, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup: float = Field(0.0, ge=0, description="mixup Beta(a,a) parameter; 0 disables")
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    amp: bool = Field(True, description="bf16 autocast on GPUs that support it")
+    channels_last: bool = True
+    seed: int = 0
+    num_workers: int = Field(0, ge=0, description="DataLoader workers (0 is fastest for in-memory CPU runs)")
+
+
+class GateConfig(_Section):
+    max_accuracy_drop: float = Field(3.0, description="points the student may trail the teacher")
+
+
+class ExportConfig(_Section):
+    formats: list[str] = Field(
+        default_factory=lambda: ["onnx", "onnx-int8", "tflite", "tflite-fp16", "tflite-int8", "coreml", "coreml-int8"]
+    )
+    calibration_images: int = Field(200, ge=1)
+    parity_images: Optional[int] = Field(None, ge=1, description="test images used for parity (default all)")
+    gates: dict[str, float] = Field(default_factory=dict, description="override parity gates, e.g. int8_agreement")
+
+
+class BenchConfig(_Section):
+    profiles: list[str] = Field(default_factory=lambda: ["tablet"])
+    min_queries: int = Field(100, ge=1)
+    min_seconds: float = Field(2.0, ge=0)
+    warmup: int = Field(10, ge=0)
+    accuracy_images: Optional[int] = Field(None, ge=1)
+
+
+class Config(_Section):
+    name: str = "elpv"
+    preset: str = "full"
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    kd: KDConfig = KDConfig()
+    train: TrainConfig = TrainConfig()
+    gate: GateConfig = GateConfig()
+    export: ExportConfig = ExportConfig()
+    bench: BenchConfig = BenchConfig()
+    stages: list[str] = Field(
+        default_factory=lambda: ["data", "teacher", "soft_labels", "student", "baseline", "evaluate", "export", "bench"]
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if s not in ALL_STAGES:
+                raise ValueError(f"unknown stage {s!r}; stages are {', '.join(ALL_STAGES)}")
+        return v
+
+
+ALL_STAGES = ("data", "teacher", "soft_labels", "student", "baseline", "evaluate", "export", "bench")
+
+# Presets are plain override dicts so that `--set` and YAML files compose with them the same way.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The whole run on ELPV in a few minutes on 2 CPU cores: low resolution, few epochs.
+    "quick": {
+        "data": {"image_size": 96},
+        "teacher": {"arch": "efficientnet_lite0", "head_epochs": 1, "epochs": 2, "lr": 2e-3},
+        "train": {"epochs": 10, "batch_size": 64, "lr": 4e-3},
+        "export": {"formats": ["onnx", "onnx-int8", "tflite", "tflite-int8"], "calibration_images": 64},
+        "bench": {"min_queries": 50, "min_seconds": 1.0, "warmup": 5},
+    },
+    # The quality setting whose figures the README records.
+    "full": {},
+}
+
+
+def _deep_update(base: dict, upd: dict) -> dict:
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise EdgekdError(f"--set {dotted}: {p!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_set(items: list[str]) -> dict:
+    """`['train.epochs=3', 'kd.alpha=0.5']` -> nested dict; values parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise EdgekdError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(out, key.strip(), value)
+    return out
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys of the section that `loc` (a pydantic error location) points into."""
+    cur: Any = model
+    for part in loc[:-1]:
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        cur = field.annotation
+    return list(getattr(cur, "model_fields", {}).keys())
+
+
+def _explain(err: ValidationError) -> str:
+    msgs = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if isinstance(p, str))
+        key = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(Config, loc)
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {'.'.join(loc[:-1] + (close[0],))!r}?" if close else (
+                f"; valid keys: {', '.join(valid)}" if valid else "")
+            msgs.append(f"unknown config key {key!r}{hint}")
+        else:
+            msgs.append(f"{key or 'config'}: {e['msg']}")
+    return "bad config: " + "; ".join(msgs)
+
+
+def load_config(
+    path: Optional[str | Path] = None,
+    preset: Optional[str] = None,
+    overrides: Optional[dict] = None,
+) -> Config:
+    """Resolve defaults < preset < YAML file < overrides into a validated Config."""
+    raw: dict = {}
+    file_cfg: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise EdgekdError(f"config file not found: {p}")
+        try:
+            file_cfg = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise EdgekdError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(file_cfg, dict):
+            raise EdgekdError(f"config file {p} must hold a mapping at the top level")
+    preset = preset or (overrides or {}).get("preset") or file_cfg.get("preset") or "full"
+    if preset not in PRESETS:
+        close = difflib.get_close_matches(preset, PRESETS, n=1)
+        raise EdgekdError(f"unknown preset {preset!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                           f"; presets: {', '.join(PRESETS)}"))
+    _deep_update(raw, PRESETS[preset])
+    _deep_update(raw, file_cfg)
+    _deep_update(raw, overrides or {})
+    raw["preset"] = preset
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise EdgekdError(_explain(e)) from None
+
+
+def section_dict(cfg: BaseModel) -> dict:
+    return cfg.model_dump(mode="json")

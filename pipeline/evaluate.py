@@ -1,0 +1,57 @@
+"""Classification metrics on held-out data, and the accuracy-gap gate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins (Guo et al. 2017)."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str],
+                           reference: np.ndarray | None = None) -> dict:
+    """accuracy, macro-F1, per-class recall, confusion matrix, ECE, and top-1 agreement with `reference` logits."""
+    k = len(classes)
+    pred = logits.argmax(1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    out = {
+        "accuracy": float((pred == labels).mean()) if len(labels) else 0.0,
+        "macro_f1": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
+        "per_class_recall": {c: float(r) for c, r in zip(classes, recall)},
+        "confusion_matrix": cm.tolist(),
+        "ece": expected_calibration_error(softmax(logits), labels),
+        "num_images": int(len(labels)),
+    }
+    if reference is not None:
+        out["agreement_teacher"] = float((reference.argmax(1) == pred).mean())
+    return out
+
+
+def accuracy_gap_gate(teacher_acc: float, student_acc: float, max_drop_points: float) -> dict:
+    drop = (teacher_acc - student_acc) * 100
+    return {"name": "max_accuracy_drop", "limit_points": max_drop_points, "value_points": round(drop, 2),
+            "passed": bool(drop <= max_drop_points),
+            "message": f"student trails teacher by {drop:.2f} points (limit {max_drop_points:g})"}

@@ -1,0 +1,324 @@
+"""One training loop for the teacher fine-tune, the distilled student and the hard-label baseline.
+
+Resumable and deterministic on CPU: each epoch re-seeds every random source from (seed, epoch),
+and a checkpoint holding model, optimizer, scheduler, epoch, RNG state and best weights is
+written atomically after every epoch, so an interrupted run resumed with --resume reaches the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline import preprocess
+from pipeline.errors import EdgekdError
+from pipeline.losses import FeatureAdapter, FeatureHook, dkd_loss, kd_loss, soft_cross_entropy
+from pipeline.progress import log, progress
+from pipeline.rundir import atomic_path, atomic_write_json
+
+
+@dataclass
+class TrainSpec:
+    name: str
+    out_dir: Path
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float = 0.02
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    seed: int = 0
+    balance: bool = True
+    head_epochs: int = 0  # first epochs train only the classifier (teacher fine-tuning)
+    freeze_blocks: list[nn.Module] = field(default_factory=list)
+    head: Optional[nn.Module] = None
+    # distillation (None: hard labels only)
+    kd_loss: Optional[str] = None  # "kd" | "dkd"
+    alpha: float = 0.9
+    temperature: float = 4.0
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    feature_layers: Optional[tuple[str, str]] = None  # (teacher layer, student layer)
+    feature_weight: float = 1.0
+    fingerprint: str = ""
+    channels_last: bool = True
+    amp: bool = True
+
+
+@dataclass
+class TrainData:
+    images: torch.Tensor  # N x 3 x S x S uint8 (S >= image_size), augmentation source
+    labels: torch.Tensor  # N int64
+    image_size: int
+    mean: tuple
+    std: tuple
+    val_x: Optional[torch.Tensor] = None  # normalised float N x 3 x H x W
+    val_y: Optional[torch.Tensor] = None
+    teacher_logits: Optional[torch.Tensor] = None  # cached soft labels, N x C
+    num_classes: int = 0
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    best_epoch: int
+    best_val_accuracy: Optional[float]
+    seconds: float
+    resumed_from: int
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**31)
+
+
+def _sample_weights(labels: torch.Tensor, balance: bool) -> torch.Tensor:
+    if not balance:
+        return torch.ones(len(labels), dtype=torch.double)
+    counts = torch.bincount(labels).double().clamp_min(1)
+    # 1/sqrt(count): minority classes are seen more often without drowning the majority
+    # (full inverse-frequency sampling cost ELPV test accuracy, which is majority-heavy).
+    return (1.0 / counts.sqrt())[labels]
+
+
+def augment(images: torch.Tensor, size: int, scale: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+    """Random resized crop (aspect 3/4..4/3) + horizontal/vertical flips; uint8 in, float 0..255 out."""
+    n, _, h, w = images.shape
+    out = torch.empty((n, 3, size, size), dtype=torch.float32)
+    r = torch.rand((n, 5), generator=g)
+    for i in range(n):
+        area = h * w * (scale[0] + (scale[1] - scale[0]) * r[i, 0].item())
+        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * r[i, 1].item())
+        cw = max(1, min(w, int(round(math.sqrt(area * ratio)))))
+        ch = max(1, min(h, int(round(math.sqrt(area / ratio)))))
+        y0 = int(r[i, 2].item() * (h - ch + 1))
+        x0 = int(r[i, 3].item() * (w - cw + 1))
+        crop = images[i : i + 1, :, y0 : y0 + ch, x0 : x0 + cw].float()
+        crop = preprocess.resize_batch(crop, size, size)
+        flips = int(r[i, 4].item() * 4)  # 0 none, 1 h, 2 v, 3 both: EL cell images have no up/down
+        if flips & 1:
+            crop = crop.flip(3)
+        if flips & 2:
+            crop = crop.flip(2)
+        out[i] = crop[0]
+    return out
+
+
+def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 128, device: str = "cpu",
+                   desc: Optional[str] = None, channels_last: bool = True) -> torch.Tensor:
+    model.eval()
+    outs = []
+    it = range(0, len(x), batch_size)
+    for i in (progress(it, desc=desc, unit="batch") if desc else it):
+        xb = x[i : i + batch_size].to(device)
+        if channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        outs.append(model(xb).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def train_model(
+    model: nn.Module,
+    spec: TrainSpec,
+    data: TrainData,
+    device: torch.device,
+    resume: bool = False,
+    teacher: Optional[nn.Module] = None,
+) -> TrainResult:
+    """Train `model` in place; writes out_dir/checkpoint.pt each epoch, out_dir/history.json at the end.
+
+    On return the model holds the best-on-validation weights (last epoch without a val split)."""
+    t0 = time.time()
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    model.to(device)
+    if spec.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    hooks: list[FeatureHook] = []
+    adapter: Optional[FeatureAdapter] = None
+    if spec.feature_layers:
+        if teacher is None:
+            raise EdgekdError("feature distillation needs the teacher in the loop (kd.mode=online)")
+        th, sh = FeatureHook(teacher, spec.feature_layers[0]), FeatureHook(model, spec.feature_layers[1])
+        hooks = [th, sh]
+        with torch.no_grad():
+            probe = torch.zeros(2, 3, data.image_size, data.image_size, device=device)
+            teacher.eval(), model.eval()
+            teacher(probe), model(probe)
+        if th.output.dim() != 4 or sh.output.dim() != 4:
+            raise EdgekdError("feature distillation layers must output N x C x H x W feature maps")
+        adapter = FeatureAdapter(sh.output.shape[1], th.output.shape[1]).to(device)
+
+    head_params = list(spec.head.parameters()) if spec.head is not None else []
+    head_ids = {id(p) for p in head_params}
+    frozen_ids = {id(p) for m in spec.freeze_blocks for p in m.parameters()}
+    body = [p for p in model.parameters() if id(p) not in head_ids and id(p) not in frozen_ids]
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen_ids)
+    groups = [{"params": body}]
+    if head_params:
+        groups.append({"params": head_params})
+    if adapter is not None:
+        groups.append({"params": list(adapter.parameters())})
+    opt = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+
+    n = len(data.labels)
+    steps_per_epoch = max(1, n // spec.batch_size)  # drop_last: BatchNorm dislikes a batch of 1
+    total = steps_per_epoch * spec.epochs
+    warm = steps_per_epoch * min(spec.warmup_epochs, spec.epochs)
+    base = lr_lambda(total, warm)
+    head_steps = steps_per_epoch * spec.head_epochs
+
+    def body_lr(step: int) -> float:  # body frozen during the head-only epochs
+        return 0.0 if step < head_steps else base(step)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [body_lr] + [base] * (len(groups) - 1))
+
+    history: list[dict] = []
+    best = {"acc": None, "epoch": -1, "state": None}
+    start_epoch = 0
+    if ckpt_path.exists():
+        if resume:
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            if ck.get("fingerprint") != spec.fingerprint:
+                log(f"{spec.name}: checkpoint is from different inputs/settings; starting over")
+            else:
+                model.load_state_dict(ck["model"])
+                opt.load_state_dict(ck["optimizer"])
+                sched.load_state_dict(ck["scheduler"])
+                if adapter is not None and ck.get("adapter"):
+                    adapter.load_state_dict(ck["adapter"])
+                history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
+                torch.set_rng_state(ck["rng"]["torch"])
+                log(f"{spec.name}: resumed after epoch {start_epoch}/{spec.epochs}")
+        else:
+            log(f"{spec.name}: an earlier run stopped early ({ckpt_path}); starting over (pass --resume to continue it)")
+
+    weights = _sample_weights(data.labels, spec.balance)
+    num_classes = data.num_classes
+    bar = progress(None, desc=f"train {spec.name}", total=total, unit="step", initial=start_epoch * steps_per_epoch)
+    try:
+        for epoch in range(start_epoch, spec.epochs):
+            es = _epoch_seed(spec.seed, epoch)
+            torch.manual_seed(es)  # dropout and anything else on the global RNG
+            random.seed(es)
+            g = torch.Generator().manual_seed(es)
+            nprng = np.random.default_rng(es)
+            head_only = epoch < spec.head_epochs
+            for p in body:
+                p.requires_grad_(not head_only)
+            model.train()
+            order = torch.multinomial(weights, n, replacement=spec.balance, generator=g) if spec.balance \
+                else torch.randperm(n, generator=g)
+            tl, tc, tn = 0.0, 0, 0
+            for s in range(steps_per_epoch):
+                idx = order[s * spec.batch_size : (s + 1) * spec.batch_size]
+                x = augment(data.images[idx], data.image_size, spec.crop_scale, g)
+                y = data.labels[idx]
+                target: torch.Tensor = y
+                perm, lam = None, 1.0
+                if spec.mixup > 0:
+                    lam = float(nprng.beta(spec.mixup, spec.mixup))
+                    perm = torch.randperm(len(idx), generator=g)
+                    x = lam * x + (1 - lam) * x[perm]
+                    onehot = F.one_hot(y, num_classes).float()
+                    target = lam * onehot + (1 - lam) * onehot[perm]
+                x = preprocess.normalize(x, data.mean, data.std).to(device)
+                if spec.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y_dev, target = y.to(device), target.to(device)
+                with _autocast(device, spec.amp):
+                    t_logits = None
+                    if spec.kd_loss:
+                        if teacher is not None:
+                            with torch.no_grad():
+                                teacher.eval()
+                                t_logits = teacher(x).float()
+                        else:
+                            t_logits = data.teacher_logits[idx].to(device)
+                    s_logits = model(x).float()
+                    if spec.kd_loss == "dkd":
+                        loss = dkd_loss(s_logits, t_logits, y_dev, spec.dkd_alpha, spec.dkd_beta, spec.temperature)
+                    elif spec.kd_loss == "kd":
+                        tp = F.softmax(t_logits / spec.temperature, dim=1)
+                        if perm is not None and teacher is None:  # cached logits: mix the teacher's view too
+                            tp = lam * tp + (1 - lam) * tp[perm.to(device)]
+                        loss = kd_loss(s_logits, tp, target, spec.alpha, spec.temperature, spec.label_smoothing)
+                    else:
+                        loss = soft_cross_entropy(s_logits, target, spec.label_smoothing)
+                    if adapter is not None:
+                        loss = loss + spec.feature_weight * adapter(hooks[1].output.float(), hooks[0].output.float())
+                if not torch.isfinite(loss):
+                    raise EdgekdError(f"{spec.name}: loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                tl += loss.item() * len(idx)
+                tc += (s_logits.argmax(1) == y_dev).sum().item()
+                tn += len(idx)
+                bar.update(1)
+            rec = {"epoch": epoch + 1, "train_loss": tl / max(1, tn), "train_accuracy": tc / max(1, tn),
+                   "lr": sched.get_last_lr()[0]}
+            if data.val_x is not None and len(data.val_x):
+                vl = predict_logits(model, data.val_x, device=str(device), channels_last=spec.channels_last)
+                rec["val_accuracy"] = (vl.argmax(1) == data.val_y).float().mean().item()
+                rec["val_loss"] = F.cross_entropy(vl, data.val_y).item()
+                if best["acc"] is None or rec["val_accuracy"] > best["acc"]:
+                    best = {"acc": rec["val_accuracy"], "epoch": epoch + 1,
+                            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            history.append(rec)
+            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val=f"{rec.get('val_accuracy', float('nan')):.3f}")
+            ck = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                  "history": history, "best": best, "rng": {"torch": torch.get_rng_state()},
+                  "fingerprint": spec.fingerprint,
+                  "adapter": adapter.state_dict() if adapter is not None else None}
+            with atomic_path(ckpt_path) as tmp:
+                torch.save(ck, tmp)
+    finally:
+        bar.close()
+        for h in hooks:
+            h.remove()
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.to(memory_format=torch.contiguous_format)
+    result = TrainResult(history=history, best_epoch=best["epoch"] if best["state"] is not None else spec.epochs,
+                         best_val_accuracy=best["acc"], seconds=time.time() - t0, resumed_from=start_epoch)
+    atomic_write_json(out / "history.json", {"history": history, "best_epoch": result.best_epoch,
+                                             "best_val_accuracy": result.best_val_accuracy})
+    return result
