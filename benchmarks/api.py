@@ -31,6 +31,7 @@ from pipeline.progress import log
 from pipeline.rundir import RunDir, atomic_path, atomic_write_json, fingerprint, read_json, sha256_file
 
 FORMAT_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "coreml": "Core ML", "pytorch": "PyTorch"}
+RUNTIME_NAMES = {"onnxruntime": "onnxruntime", "litert": "LiteRT", "coreml": "Core ML", "pytorch": "PyTorch"}
 # The artifact the headline speaks for: the first of these that measured fine and did not fail parity.
 HEADLINE_PRIORITY = [("tflite", "int8"), ("tflite", "fp16"), ("tflite", "fp32"), ("onnx", "int8"), ("onnx", "fp32"),
                      ("coreml", "int8"), ("coreml", "fp16"), ("coreml", "fp32")]
@@ -464,8 +465,9 @@ def headline(artifacts: list[dict], teacher: list[dict], student_ref: list[dict]
         d = t["peak_rss_mb"] - cand["peak_rss_mb"]
         parts.append(f"{abs(d):.0f} MB {'less' if d >= 0 else 'more'} memory")
     text = " ".join(parts).rstrip(",")
+    where = "" if t.get("format") == "pytorch" else f" in {RUNTIME_NAMES.get(t.get('runtime'), t.get('runtime'))}"
     return (f"{text} ({prof} profile, {cand['threads']} of {cand['threads_requested']} requested threads; "
-            f"vs teacher {_label(t)} in {t.get('runtime')})")
+            f"vs teacher {_label(t)}{where})")
 
 
 # ----------------------------------------------------------------------------------------

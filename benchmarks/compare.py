@@ -39,7 +39,7 @@ def _fmt(v: Optional[float], kind: str) -> str:
     if v is None:
         return "—"
     return {"pct": lambda x: f"{x * 100:.1f}%", "ms": lambda x: f"{x:.3f}", "mb": lambda x: f"{x / 1e6:.2f}",
-            "pts": lambda x: f"{x:+.1f}", "x": lambda x: f"{x:g}", "n": lambda x: f"{x:.0f}"}[kind](v)
+            "pts": lambda x: f"{x:+.1f}", "x": lambda x: f"{x:g}x", "n": lambda x: f"{x:.0f}"}[kind](v)
 
 
 def _delta(a: Optional[float], b: Optional[float], kind: str) -> str:
@@ -66,13 +66,24 @@ def compare_rows(ra: dict, rb: dict) -> list[list[str]]:
     for name in list(dict.fromkeys([*ga, *gb])):
         add(f"goal {name} ({(ga.get(name) or gb.get(name))['target']})", (ga.get(name) or {}).get("value"),
             (gb.get(name) or {}).get("value"), "x")
+    return rows
+
+
+MEASUREMENT_COMPARE_HEADERS = ["measurement", "accuracy A", "accuracy B", "p50 ms A", "p50 ms B", "Δ p50",
+                               "size MB A", "size MB B", "peak RSS MB A", "peak RSS MB B", "status A", "status B"]
+
+
+def compare_measurement_rows(ra: dict, rb: dict) -> list[list[str]]:
+    """One row per artifact and profile found in either run."""
     ma, mb_ = _measurements(ra), _measurements(rb)
+    rows = []
     for key in list(dict.fromkeys([*ma, *mb_])):
         a, b = ma.get(key) or {}, mb_.get(key) or {}
-        add(f"{key} accuracy", a.get("accuracy"), b.get("accuracy"), "pct")
-        add(f"{key} p50 ms", (a.get("latency_ms") or {}).get("p50"), (b.get("latency_ms") or {}).get("p50"), "ms")
-        add(f"{key} size MB", a.get("size_bytes"), b.get("size_bytes"), "mb")
-        add(f"{key} peak RSS MB", a.get("peak_rss_mb"), b.get("peak_rss_mb"), "n")
+        pa, pb = (a.get("latency_ms") or {}).get("p50"), (b.get("latency_ms") or {}).get("p50")
+        rows.append([key, _fmt(a.get("accuracy"), "pct"), _fmt(b.get("accuracy"), "pct"), _fmt(pa, "ms"),
+                     _fmt(pb, "ms"), _delta(pa, pb, "ms"), _fmt(a.get("size_bytes"), "mb"),
+                     _fmt(b.get("size_bytes"), "mb"), _fmt(a.get("peak_rss_mb"), "n"), _fmt(b.get("peak_rss_mb"), "n"),
+                     a.get("status") or "absent", b.get("status") or "absent"])
     return rows
 
 
@@ -88,6 +99,10 @@ def compare(run_a: str | Path, run_b: str | Path, out: Optional[Path] = None) ->
                     f"B = {b.root} ({(rb.get('config') or {}).get('preset', '?')} preset). "
                     "Δ is B relative to A; latencies from two runs compare only on one machine."),
               ("table", ["metric", na, nb, "Δ (B vs A)"], compare_rows(ra, rb))]
+    mrows = compare_measurement_rows(ra, rb)
+    if mrows:
+        blocks += [("h2", "Measurements (A = " + na + ", B = " + nb + ")"),
+                   ("table", MEASUREMENT_COMPARE_HEADERS, mrows)]
     for label, r in (("A", ra), ("B", rb)):
         if r.get("headline"):
             blocks.append(("p", f"{label}: {r['headline']}"))

@@ -36,11 +36,12 @@ def pareto(entries: list[dict], profile: Optional[str]) -> Optional[bytes]:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = {"teacher": "tab:red", "student": "tab:blue"}
-    for e in pts:
+    offsets = [(5, 4), (5, -11), (5, 15), (5, -22)]  # staggered labels: artifacts often sit close together
+    for i, e in enumerate(sorted(pts, key=lambda e: e["latency_ms"]["p50"])):
         x, y = e["latency_ms"]["p50"], e["accuracy"] * 100
         ax.scatter([x], [y], s=50, color=colors.get(e.get("model"), "tab:gray"),
                    marker="s" if e.get("model") == "teacher" else "o", zorder=3)
-        ax.annotate(_label(e), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(_label(e), (x, y), textcoords="offset points", xytext=offsets[i % len(offsets)], fontsize=8)
     front, best = [], -1.0
     for e in sorted(pts, key=lambda e: (e["latency_ms"]["p50"], -e["accuracy"])):
         if e["accuracy"] > best:
@@ -49,6 +50,9 @@ def pareto(entries: list[dict], profile: Optional[str]) -> Optional[bytes]:
     ax.step([e["latency_ms"]["p50"] for e in front], [e["accuracy"] * 100 for e in front], where="post",
             color="tab:green", alpha=0.6, label="Pareto front")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("median latency, batch 1 (ms, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Accuracy vs latency ({profile} profile)" if profile else "Accuracy vs latency")

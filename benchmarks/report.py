@@ -18,6 +18,7 @@ from typing import Any, Optional
 from pipeline.report import load_report
 from pipeline.rundir import RunDir, atomic_write_bytes, read_json
 
+FIGURES = ("pareto", "size_memory", "confusion", "training_curves")
 Block = tuple  # ("h1"|"h2"|"h3"|"p"|"strong"|"list"|"table"|"img"|"code", ...)
 
 
@@ -286,11 +287,17 @@ def build(run: RunDir, rep: dict) -> tuple[list[Block], dict[str, bytes]]:
     return blocks, figures
 
 
+PARITY_KEYS = ("agreement", "top1_agreement", "max_abs", "max_abs_diff", "cosine", "accuracy_drop_points", "images",
+               "reason", "message")
+
+
 def _parity_detail(p: Any) -> str:
     if not isinstance(p, dict):
         return ""
     parts = []
-    for k, v in p.items():
+    keys = [k for k in PARITY_KEYS if k in p] or list(p)
+    for k in keys:
+        v = p[k]
         if k == "status" or isinstance(v, (dict, list)):
             continue
         parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
@@ -402,6 +409,9 @@ def render(run: RunDir) -> tuple[Path, Path]:
     fig_dir = run.path("report_files")
     for name, png in figures.items():
         atomic_write_bytes(fig_dir / f"{name}.png", png)
+    for name in FIGURES:  # a figure that has no data any more must not linger beside the report
+        if name not in figures:
+            (fig_dir / f"{name}.png").unlink(missing_ok=True)
     md = run.path("report.md")
     htm = run.path("report.html")
     atomic_write_bytes(md, to_markdown(blocks).encode())

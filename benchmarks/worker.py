@@ -60,12 +60,32 @@ def pin(cpus: list[int] | None) -> tuple[list[int] | None, bool]:
     return cur, False
 
 
+KIND_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml", ".mlmodel": "coreml", ".pt": "torch"}
+
+
+def spec_from_args(args: argparse.Namespace) -> dict:
+    """--spec (JSON text or file) wins; else --artifact PATH: kind from the suffix, layout from a model.json beside it."""
+    if args.spec:
+        return json.loads(args.spec) if args.spec.lstrip().startswith("{") else json.loads(Path(args.spec).read_text())
+    if not args.artifact:
+        raise ValueError("give --artifact PATH or --spec JSON")
+    p = Path(args.artifact)
+    kind = KIND_BY_SUFFIX.get(p.suffix)
+    if kind is None:
+        raise ValueError(f"cannot tell the runtime of {p.name}; use --spec")
+    spec = {"kind": kind, "path": str(p)}  # a .pt is taken as TorchScript
+    mj = p.parent / "model.json"
+    if mj.exists():
+        spec["layout"] = (json.loads(mj.read_text()).get("input") or {}).get("layout")
+    return spec
+
+
 def measure(args: argparse.Namespace) -> dict:
     from benchmarks.stats import rounded, summarize
 
     cpus, pinned = pin([int(c) for c in args.cpus.split(",")] if args.cpus else None)
     res: dict = {"status": "ok", "pid": os.getpid(), "threads": args.threads, "cpus": cpus, "pinned": pinned}
-    spec = json.loads(Path(args.spec).read_text()) if not args.spec.lstrip().startswith("{") else json.loads(args.spec)
+    spec = spec_from_args(args)
     res["spec"] = spec
 
     import numpy as np
@@ -84,6 +104,9 @@ def measure(args: argparse.Namespace) -> dict:
         import ai_edge_litert.interpreter  # noqa: F401
     elif spec["kind"] == "torch":
         import torch  # noqa: F401
+
+        if spec.get("builder", "torchscript") != "torchscript":
+            import pipeline.models  # noqa: F401  (torchvision and the model builders)
     res["import_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
 
     t0 = time.perf_counter()
@@ -140,7 +163,9 @@ def measure(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.worker", description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, help="runner spec: JSON text or a .json file (kind, path, layout, ...)")
+    ap.add_argument("--artifact", help="model file (.onnx, .tflite, .mlpackage, TorchScript .pt)")
+    ap.add_argument("--spec", help="runner spec instead of --artifact: JSON text or a .json file "
+                                   "(kind, path, layout, torch builder fields)")
     ap.add_argument("--inputs", required=True, help=".npy of normalised NCHW float32 images")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cpus", default="", help="comma-separated CPU ids to pin to (sched_setaffinity)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -76,11 +77,13 @@ def _apply_threads(cfg) -> None:
 
 
 def run_stages(cfg, run, stages: list[str], resume: bool) -> None:
+    from pipeline import distributed as dist_
     from pipeline import stages as st
     from pipeline.progress import log
     from pipeline.report import update_report
 
     _apply_threads(cfg)
+    dist_.init_from_env()
     t_all = time.time()
     data = st.stage_data(cfg, run) if "data" in stages else st.load_split(run)
     if "teacher" in stages:
@@ -90,6 +93,8 @@ def run_stages(cfg, run, stages: list[str], resume: bool) -> None:
     for kind in st.STUDENT_KINDS:
         if kind in stages:
             st.stage_student(cfg, run, data, kind, resume=resume)
+    if not dist_.is_main():  # evaluation, export and reports happen once, on rank 0
+        return
     gate_error: Optional[GateFailed] = None
     if "evaluate" in stages:
         st.stage_evaluate(cfg, run, data)
@@ -124,10 +129,19 @@ def cmd_run(args) -> int:
     if args.nproc_per_node > 1 and not os.environ.get("LOCAL_RANK"):
         from pipeline.distributed import launch
 
-        return launch(sys.argv[1:], args.nproc_per_node)
+        out = Path(args.out or Path("runs") / f"{cfg.name}-{cfg.preset}")
+        rc = launch(args.argv + ([] if args.out else ["--out", str(out)]), args.nproc_per_node)
+        if rc == 0:
+            return 0
+        rep = out / "report.json"
+        gates = json.loads(rep.read_text()).get("gates", []) if rep.exists() else []
+        if any(not g.get("passed", True) for g in gates):
+            return 3  # rank 0 already printed which gate failed
+        raise EdgekdError(f"the distributed run failed (exit {rc}); see the rank output above")
     run = RunDir(args.out or Path("runs") / f"{cfg.name}-{cfg.preset}")
     run.root.mkdir(parents=True, exist_ok=True)
-    run.save_config(cfg)
+    if os.environ.get("RANK", "0") == "0":
+        run.save_config(cfg)
     run_stages(cfg, run, stages, args.resume)
     return 0
 
@@ -153,6 +167,7 @@ def _deep_merge(a: dict, b: dict) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

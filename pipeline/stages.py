@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from pipeline import __version__, preprocess
+from pipeline import distributed as dist_
 from pipeline.config import Config
 from pipeline.data import DataSplit, decode_resized, load_split, prepare_data, train_cache
 from pipeline.errors import EdgekdError, GateFailed
@@ -30,10 +31,10 @@ STUDENT_KINDS = ("student", "baseline")
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return dist_.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise EdgekdError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu")
-    return torch.device(name)
+    return dist_.local_device(torch.device(name))
 
 
 # ----------------------------------------------------------------------------------------
@@ -87,6 +88,9 @@ def _preproc_key(cfg: Config) -> dict:
 def stage_data(cfg: Config, run: RunDir) -> DataSplit:
     """Always runs: hashing the files is what notices that the data changed."""
     t0 = time.time()
+    if not dist_.is_main():  # rank 0 validates and splits; the others read its result
+        dist_.barrier()
+        return load_split(run)
     data = prepare_data(cfg.data, run)
     rep = data.report
     log(f"data: {rep['num_images']} images, {len(data.classes)} classes "
@@ -96,6 +100,7 @@ def stage_data(cfg: Config, run: RunDir) -> DataSplit:
         log(f"WARNING: {len(rep['cross_split_duplicates'])} image(s) appear identically in more than one split "
             f"(leakage); see {run.data_report}")
     run.mark_stage("data", data.fingerprint, time.time() - t0)
+    dist_.barrier()
     return data
 
 
@@ -135,8 +140,10 @@ def stage_teacher(cfg: Config, run: RunDir, data: DataSplit, resume: bool = Fals
             raise EdgekdError(f"teacher.onnx outputs {teacher.num_classes} classes but the data has {k}")
         meta = {"kind": "onnx", "arch": f"onnx:{teacher.path.name}", "path": str(teacher.path),
                 "sha256": sha256_file(teacher.path), "params": None, "fine_tuned": False}
-        atomic_write_json(run.teacher_meta, meta)
-        run.mark_stage("teacher", fp, time.time() - t0)
+        if dist_.is_main():
+            atomic_write_json(run.teacher_meta, meta)
+            run.mark_stage("teacher", fp, time.time() - t0)
+        dist_.barrier()
         return meta
     model, info = build_teacher(t.arch, t.weights, k, cfg.data.image_size)
     finetune = t.finetune == "always" or (t.finetune == "auto" and not info.has_head)
@@ -149,15 +156,19 @@ def stage_teacher(cfg: Config, run: RunDir, data: DataSplit, resume: bool = Fals
         spec = TrainSpec(name="teacher", out_dir=run.path("teacher"), epochs=t.head_epochs + t.epochs, lr=t.lr,
                          head_epochs=t.head_epochs, head=head,
                          freeze_blocks=feature_blocks(model)[: t.freeze_blocks], fingerprint=fp, **_spec_common(cfg))
-        res = train_model(model, spec, train_data(run, data, cfg), resolve_device(cfg.train.device), resume=resume)
+        res = train_model(model, spec, train_data(run, data, cfg), resolve_device(cfg.train.device), resume=resume,
+                          num_workers=cfg.train.num_workers)
         history = {"best_epoch": res.best_epoch, "best_val_accuracy": res.best_val_accuracy, "seconds": res.seconds}
     model.cpu().eval()
-    save_state_dict(model, run.teacher_weights, metadata={"arch": t.arch, "edgekd": __version__})
-    meta = {"kind": "torch", "arch": t.arch, "source": info.source, "params": count_params(model),
-            "fine_tuned": finetune, "train": history, "sha256": sha256_file(run.teacher_weights)}
-    atomic_write_json(run.teacher_meta, meta)
-    run.mark_stage("teacher", fp, time.time() - t0)
-    return meta
+    if dist_.is_main():
+        save_state_dict(model, run.teacher_weights, metadata={"arch": t.arch, "edgekd": __version__})
+        meta = {"kind": "torch", "arch": t.arch, "source": info.source, "params": count_params(model),
+                "fine_tuned": finetune, "train": history, "sha256": sha256_file(run.teacher_weights),
+                "world_size": dist_.world_size()}
+        atomic_write_json(run.teacher_meta, meta)
+        run.mark_stage("teacher", fp, time.time() - t0)
+    dist_.barrier()
+    return read_json(run.teacher_meta)
 
 
 # ----------------------------------------------------------------------------------------
@@ -208,7 +219,8 @@ def stage_soft_labels(cfg: Config, run: RunDir, data: DataSplit) -> Optional[Pat
     try:
         read_soft_labels(directory, n)
         log(f"soft labels: cached ({directory})")
-        run.mark_stage("soft_labels", fp, 0.0, path=str(directory))
+        if dist_.is_main():
+            run.mark_stage("soft_labels", fp, 0.0, path=str(directory))
         return directory
     except EdgekdError:
         pass
@@ -217,23 +229,30 @@ def stage_soft_labels(cfg: Config, run: RunDir, data: DataSplit) -> Optional[Pat
     teacher.to(device)
     if cfg.train.channels_last and not isinstance(teacher, OnnxTeacher):
         teacher.to(memory_format=torch.channels_last)
-    x = eval_tensor(run, data, cfg, "train")
+    if dist_.is_main():
+        for stale in directory.glob("shard-*.safetensors"):
+            stale.unlink()
+    dist_.barrier()
+    # Each rank labels every world-th image and writes its own shard; readers accept any shard count.
+    rank, world = dist_.rank(), dist_.world_size()
+    index = torch.arange(n)[rank::world]
+    items = [data.subset("train")[i] for i in index.tolist()]
+    x = preprocess.normalize(decode_resized(items, cfg.data.image_size, desc="load train"), cfg.data.mean, cfg.data.std)
     logits = predict_logits(teacher, x, device=str(device), desc="soft labels",
                             channels_last=cfg.train.channels_last and not isinstance(teacher, OnnxTeacher))
-    for stale in directory.glob("shard-*.safetensors"):
-        stale.unlink()
-    write_soft_label_shard(directory, torch.arange(n), logits, 0, 1)
-    run.mark_stage("soft_labels", fp, time.time() - t0, path=str(directory))
-    log(f"soft labels: {n} x {logits.shape[1]} teacher logits in {time.time() - t0:.1f}s -> {directory}")
+    write_soft_label_shard(directory, index, logits, rank, world)
+    dist_.barrier()
+    if dist_.is_main():
+        run.mark_stage("soft_labels", fp, time.time() - t0, path=str(directory), world_size=world)
+    log(f"soft labels: {len(index)} x {logits.shape[1]} teacher logits in {time.time() - t0:.1f}s -> {directory}"
+        + (f" (rank {rank} of {world})" if world > 1 else ""))
     return directory
 
 
-# ----------------------------------------------------------------------------------------
-# student and baseline
-
-
 def _student_fp(cfg: Config, data: DataSplit, run: RunDir, kind: str) -> str:
-    parts = ["student", kind, cfg.student.model_dump(mode="json"), cfg.train.model_dump(mode="json"),
+    # threads/device/workers change speed, not results: they are not part of a stage's identity
+    train = cfg.train.model_dump(mode="json", exclude={"threads", "device", "num_workers"})
+    parts = ["student", kind, cfg.student.model_dump(mode="json"), train,
              data.fingerprint, _preproc_key(cfg), cfg.data.balance]
     if kind == "student":
         meta = read_json(run.require(run.teacher_meta, "run the teacher stage first"))
@@ -274,16 +293,20 @@ def stage_student(cfg: Config, run: RunDir, data: DataSplit, kind: str, resume: 
                      feature_weight=kd.feature.weight, **_spec_common(cfg))
     log(f"{kind}: training {s.arch} x{s.width_mult} ({count_params(model) / 1e6:.2f} M params), "
         + (f"KD ({kd.loss}, alpha {kd.alpha}, T {kd.temperature}, {kd.mode})" if kind == "student" else "hard labels only"))
-    res = train_model(model, spec, train_data(run, data, cfg, cached), device, resume=resume, teacher=teacher)
+    res = train_model(model, spec, train_data(run, data, cfg, cached), device, resume=resume, teacher=teacher,
+                      num_workers=cfg.train.num_workers)
     model.cpu().eval()
     weights = out / "model.safetensors"
-    save_state_dict(model, weights, metadata={"arch": s.arch, "kind": kind, "edgekd": __version__})
-    meta = {"kind": kind, "arch": s.arch, "width_mult": s.width_mult, "params": count_params(model),
-            "best_epoch": res.best_epoch, "best_val_accuracy": res.best_val_accuracy,
-            "train_seconds": round(res.seconds, 1), "sha256": sha256_file(weights)}
-    atomic_write_json(out / "meta.json", meta)
-    run.mark_stage(kind, fp, time.time() - t0)
-    return meta
+    if dist_.is_main():
+        save_state_dict(model, weights, metadata={"arch": s.arch, "kind": kind, "edgekd": __version__})
+        meta = {"kind": kind, "arch": s.arch, "width_mult": s.width_mult, "params": count_params(model),
+                "best_epoch": res.best_epoch, "best_val_accuracy": res.best_val_accuracy,
+                "train_seconds": round(res.seconds, 1), "sha256": sha256_file(weights),
+                "world_size": dist_.world_size()}
+        atomic_write_json(out / "meta.json", meta)
+        run.mark_stage(kind, fp, time.time() - t0)
+    dist_.barrier()
+    return read_json(out / "meta.json")
 
 
 def load_student(cfg: Config, run: RunDir, num_classes: int, kind: str = "student") -> nn.Module:

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline import distributed as dist_
 from pipeline import preprocess
 from pipeline.errors import EdgekdError
 from pipeline.losses import FeatureAdapter, FeatureHook, dkd_loss, kd_loss, soft_cross_entropy
@@ -56,6 +57,10 @@ class TrainSpec:
     fingerprint: str = ""
     channels_last: bool = True
     amp: bool = True
+    # torchvision's MobileNetV3 and EfficientNet-Lite use BatchNorm momentum 0.01, tuned for
+    # ImageNet-length runs; over a few hundred steps the running statistics then lag the weights
+    # and evaluation collapses to one class. 0.1 (PyTorch's default) tracks them.
+    bn_momentum: Optional[float] = 0.1
 
 
 @dataclass
@@ -93,11 +98,13 @@ def _sample_weights(labels: torch.Tensor, balance: bool) -> torch.Tensor:
     return (1.0 / counts.sqrt())[labels]
 
 
-def augment(images: torch.Tensor, size: int, scale: tuple[float, float], g: torch.Generator) -> torch.Tensor:
-    """Random resized crop (aspect 3/4..4/3) + horizontal/vertical flips; uint8 in, float 0..255 out."""
+def augment(images: torch.Tensor, size: int, scale: tuple[float, float], r: torch.Tensor) -> torch.Tensor:
+    """Random resized crop (aspect 3/4..4/3) + horizontal/vertical flips; uint8 in, float 0..255 out.
+
+    `r` holds 5 uniform numbers per image, drawn for the global batch so any split across ranks
+    augments each image the same way."""
     n, _, h, w = images.shape
     out = torch.empty((n, 3, size, size), dtype=torch.float32)
-    r = torch.rand((n, 5), generator=g)
     for i in range(n):
         area = h * w * (scale[0] + (scale[1] - scale[0]) * r[i, 0].item())
         ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * r[i, 1].item())
@@ -114,6 +121,32 @@ def augment(images: torch.Tensor, size: int, scale: tuple[float, float], g: torc
             crop = crop.flip(2)
         out[i] = crop[0]
     return out
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """Step s of an epoch -> this rank's share of global batch s, augmented (float 0..255), labels, indices.
+
+    Everything random comes from (epoch seed, step), so the result is the same with any number of
+    DataLoader workers or ranks, and after a resume."""
+
+    def __init__(self, data: "TrainData", order: torch.Tensor, batch_size: int, steps: int, scale, seed: int,
+                 mixup: float, rank: int = 0, world: int = 1):
+        self.data, self.order, self.bs, self.steps, self.scale = data, order, batch_size, steps, scale
+        self.seed, self.mixup, self.rank, self.world = seed, mixup, rank, world
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, s: int):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + s)
+        gidx = self.order[s * self.bs : (s + 1) * self.bs]
+        r = torch.rand((len(gidx), 5), generator=g)
+        lam = float(np.random.default_rng(self.seed * 100_003 + s).beta(self.mixup, self.mixup)) if self.mixup > 0 else 1.0
+        part = torch.arange(len(gidx)).tensor_split(self.world)[self.rank]
+        idx = gidx[part]
+        x = augment(self.data.images[idx], self.data.image_size, self.scale, r[part])
+        perm = torch.randperm(len(idx), generator=g) if self.mixup > 0 else None
+        return x, self.data.labels[idx], idx, lam, perm
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -153,6 +186,7 @@ def train_model(
     device: torch.device,
     resume: bool = False,
     teacher: Optional[nn.Module] = None,
+    num_workers: int = 0,
 ) -> TrainResult:
     """Train `model` in place; writes out_dir/checkpoint.pt each epoch, out_dir/history.json at the end.
 
@@ -164,6 +198,10 @@ def train_model(
     model.to(device)
     if spec.channels_last:
         model.to(memory_format=torch.channels_last)
+    if spec.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = spec.bn_momentum
 
     hooks: list[FeatureHook] = []
     adapter: Optional[FeatureAdapter] = None
@@ -227,34 +265,39 @@ def train_model(
 
     weights = _sample_weights(data.labels, spec.balance)
     num_classes = data.num_classes
+    rank, world = dist_.rank(), dist_.world_size()
+    if spec.batch_size % world:
+        raise EdgekdError(f"train.batch_size={spec.batch_size} must be divisible by the {world} processes")
+    net: nn.Module = model
+    if world > 1:  # gradients averaged over ranks; each rank sees batch_size/world images per step
+        # find_unused_parameters: the head-only epochs leave the body without gradients
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=spec.head_epochs > 0)
     bar = progress(None, desc=f"train {spec.name}", total=total, unit="step", initial=start_epoch * steps_per_epoch)
     try:
         for epoch in range(start_epoch, spec.epochs):
             es = _epoch_seed(spec.seed, epoch)
-            torch.manual_seed(es)  # dropout and anything else on the global RNG
+            torch.manual_seed(es + rank)  # dropout and anything else on the global RNG
             random.seed(es)
             g = torch.Generator().manual_seed(es)
-            nprng = np.random.default_rng(es)
             head_only = epoch < spec.head_epochs
             for p in body:
                 p.requires_grad_(not head_only)
             model.train()
-            order = torch.multinomial(weights, n, replacement=spec.balance, generator=g) if spec.balance \
+            order = torch.multinomial(weights, n, replacement=True, generator=g) if spec.balance \
                 else torch.randperm(n, generator=g)
+            batches = EpochBatches(data, order, spec.batch_size, steps_per_epoch, spec.crop_scale, es, spec.mixup,
+                                   rank, world)
+            loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
+                                                 pin_memory=device.type == "cuda", persistent_workers=False)
             tl, tc, tn = 0.0, 0, 0
-            for s in range(steps_per_epoch):
-                idx = order[s * spec.batch_size : (s + 1) * spec.batch_size]
-                x = augment(data.images[idx], data.image_size, spec.crop_scale, g)
-                y = data.labels[idx]
+            for x, y, idx, lam, perm in loader:
                 target: torch.Tensor = y
-                perm, lam = None, 1.0
-                if spec.mixup > 0:
-                    lam = float(nprng.beta(spec.mixup, spec.mixup))
-                    perm = torch.randperm(len(idx), generator=g)
+                if perm is not None:
                     x = lam * x + (1 - lam) * x[perm]
                     onehot = F.one_hot(y, num_classes).float()
                     target = lam * onehot + (1 - lam) * onehot[perm]
-                x = preprocess.normalize(x, data.mean, data.std).to(device)
+                x = preprocess.normalize(x.to(device, non_blocking=True), data.mean, data.std)
                 if spec.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y_dev, target = y.to(device), target.to(device)
@@ -267,7 +310,7 @@ def train_model(
                                 t_logits = teacher(x).float()
                         else:
                             t_logits = data.teacher_logits[idx].to(device)
-                    s_logits = model(x).float()
+                    s_logits = net(x).float()
                     if spec.kd_loss == "dkd":
                         loss = dkd_loss(s_logits, t_logits, y_dev, spec.dkd_alpha, spec.dkd_beta, spec.temperature)
                     elif spec.kd_loss == "kd":
@@ -305,8 +348,9 @@ def train_model(
                   "history": history, "best": best, "rng": {"torch": torch.get_rng_state()},
                   "fingerprint": spec.fingerprint,
                   "adapter": adapter.state_dict() if adapter is not None else None}
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(ck, tmp)
+            if rank == 0:  # one writer; every rank holds the same weights
+                with atomic_path(ckpt_path) as tmp:
+                    torch.save(ck, tmp)
     finally:
         bar.close()
         for h in hooks:
@@ -319,6 +363,8 @@ def train_model(
     model.to(memory_format=torch.contiguous_format)
     result = TrainResult(history=history, best_epoch=best["epoch"] if best["state"] is not None else spec.epochs,
                          best_val_accuracy=best["acc"], seconds=time.time() - t0, resumed_from=start_epoch)
-    atomic_write_json(out / "history.json", {"history": history, "best_epoch": result.best_epoch,
-                                             "best_val_accuracy": result.best_val_accuracy})
+    if rank == 0:
+        atomic_write_json(out / "history.json", {"history": history, "best_epoch": result.best_epoch,
+                                                 "best_val_accuracy": result.best_val_accuracy,
+                                                 "world_size": world})
     return result

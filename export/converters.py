@@ -1,0 +1,540 @@
+"""The converters named in export/formats.py. Each is `fn(ctx, spec, out: Path, meta: dict) -> dict`:
+it writes the model file (or .mlpackage folder) at `out` (a temporary path the caller publishes
+atomically), embeds `meta` in the format's metadata place, and returns facts for the manifest.
+
+Shared intermediate products (the fp32 ONNX graph, the TF SavedModels from onnx2tf, the CoreML fp16
+model) are built once per export run in `ctx.work` and reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from export import metadata as md
+from export.graph import xnnpack_friendly
+from pipeline.errors import EdgekdError
+from pipeline.progress import log
+
+ONNX_OPSET = 20  # the shipped ONNX file (dynamo exporter)
+ONNX2TF_OPSET = 17  # the intermediate graph fed to onnx2tf (TorchScript exporter, batch 1)
+
+
+class ExportContext:
+    """Everything the converters share: the student, its data, and cached intermediate products."""
+
+    def __init__(self, *, model: torch.nn.Module, arch: str, labels: list[str], image_size: int, mean, std,
+                 calib: np.ndarray, work: Path, threads: int, source_sha256: str, options: Optional[dict] = None):
+        self.model = model.eval()
+        self.arch = arch
+        self.labels = labels
+        self.size = int(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.calib = np.ascontiguousarray(calib, dtype=np.float32)  # normalised NCHW training images
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.threads = int(threads)
+        self.source_sha256 = source_sha256
+        self.options = dict(options or {})
+        self._cache: dict[str, Any] = {}
+
+    # -- reference ---------------------------------------------------------------------------
+    def torch_logits(self, x: np.ndarray, model: Optional[torch.nn.Module] = None) -> np.ndarray:
+        m = model or self.model
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(x), 64):
+                outs.append(m(torch.from_numpy(np.ascontiguousarray(x[i:i + 64]))).float().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+
+    @property
+    def calib_logits(self) -> np.ndarray:
+        if "calib_logits" not in self._cache:
+            self._cache["calib_logits"] = self.torch_logits(self.calib)
+        return self._cache["calib_logits"]
+
+    # -- ONNX ---------------------------------------------------------------------------------
+    def onnx_fp32(self) -> Path:
+        """The student as ONNX fp32 with a dynamic batch axis (cached in the work folder).
+
+        Default exporter: TorchScript (`dynamo=False`, ~1.5 s here) + onnxslim to drop its Identity nodes;
+        option onnx_exporter="dynamo" uses the torch.export-based exporter (~8-20 s here, same graph)."""
+        if "onnx_fp32" in self._cache:
+            return self._cache["onnx_fp32"]
+        path = self.work / "student.onnx"
+        x = torch.from_numpy(self.calib[:1].copy())
+        t0 = time.time()
+        if self.options.get("onnx_exporter", "torchscript") == "dynamo":
+            try:
+                exporter = _export_onnx_dynamo(self.model, x, path)
+            except Exception as e:
+                log(f"export: dynamo ONNX exporter failed ({type(e).__name__}: {_first_line(e)}); "
+                    "using the TorchScript exporter")
+                exporter = None
+        else:
+            exporter = None
+        if exporter is None:
+            _export_onnx_torchscript(self.model, x, path, ONNX_OPSET, dynamic_batch=True)
+            exporter = f"torch.onnx.export(dynamo=False, opset {ONNX_OPSET})" + _slim(path)
+        self._cache["onnx_fp32"] = path
+        self._cache["onnx_exporter"] = exporter
+        self._cache["onnx_seconds"] = round(time.time() - t0, 2)
+        return path
+
+    # -- TensorFlow ----------------------------------------------------------------------------
+    def saved_model(self, int8: bool) -> Path:
+        """onnx2tf SavedModel (NHWC, batch 1) of the XNNPACK-friendly student (see export/graph.py)."""
+        key = f"saved_model_{'int8' if int8 else 'float'}"
+        if key in self._cache:
+            return self._cache[key]
+        tag = "int8" if int8 else "float"
+        src = self.work / f"student_{tag}_b1.onnx"
+        friendly = xnnpack_friendly(self.model, int8=int8)
+        _export_onnx_torchscript(friendly, torch.from_numpy(self.calib[:1].copy()), src, ONNX2TF_OPSET,
+                                 dynamic_batch=False)
+        out = self.work / f"saved_model_{tag}"
+        if out.exists():
+            shutil.rmtree(out)
+        onnx_copy = self.work / f"onnx2tf_input_{tag}.onnx"  # onnx2tf rewrites its input in place
+        shutil.copyfile(src, onnx_copy)
+        _tf_quiet()
+        onnx2tf = importlib.import_module("onnx2tf")
+        sample = self.calib_nhwc_01[:20]
+        with _onnx2tf_offline(sample), _quiet_stdout():
+            onnx2tf.convert(input_onnx_file_path=str(onnx_copy), output_folder_path=str(out),
+                            output_signaturedefs=True, non_verbose=True, verbosity="error")
+        if not (out / "saved_model.pb").exists():
+            raise EdgekdError(f"onnx2tf wrote no SavedModel into {out}")
+        self._cache[key] = out
+        return out
+
+    @property
+    def calib_nhwc(self) -> np.ndarray:
+        return np.ascontiguousarray(self.calib.transpose(0, 2, 3, 1))
+
+    @property
+    def calib_nhwc_01(self) -> np.ndarray:
+        """Calibration images back in 0..1 (what onnx2tf's own sample data looks like)."""
+        m = np.array(self.mean, np.float32).reshape(1, 1, 1, 3)
+        s = np.array(self.std, np.float32).reshape(1, 1, 1, 3)
+        return np.clip(self.calib_nhwc * s + m, 0.0, 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:300] if s else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Converters print progress to stdout; keep the CLI's stdout clean (errors still raise)."""
+    if os.environ.get("EDGEKD_VERBOSE_CONVERTERS"):
+        yield
+        return
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _tf_quiet() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+
+
+@contextlib.contextmanager
+def _onnx2tf_offline(sample_nhwc01: np.ndarray):
+    """onnx2tf downloads a 20-image calibration sample from GitHub for its own output checks unless a
+    file of that name is in the working directory. Hand it our real images instead (no network)."""
+    mod = importlib.import_module("onnx2tf.onnx2tf")
+    original = getattr(mod, "download_test_image_data", None)
+    data = np.ascontiguousarray(sample_nhwc01, dtype=np.float32)
+    if len(data) < 20:
+        data = np.concatenate([data] * (20 // max(1, len(data)) + 1))[:20]
+    mod.download_test_image_data = lambda: data.copy()
+    try:
+        yield
+    finally:
+        if original is not None:
+            mod.download_test_image_data = original
+
+
+def _slim(path: Path) -> str:
+    """Drop the TorchScript exporter's Identity nodes with onnxslim when it is installed."""
+    try:
+        import onnx
+        import onnxslim
+    except ImportError:
+        return ""
+    try:
+        with _quiet_stdout():
+            slim = onnxslim.slim(onnx.load(str(path)))
+        onnx.save(slim, str(path))
+        return " + onnxslim"
+    except Exception as e:  # slimming is cosmetic
+        log(f"export: onnxslim failed ({_first_line(e)}); keeping the exporter's graph")
+        return ""
+
+
+def _export_onnx_dynamo(model: torch.nn.Module, x: torch.Tensor, path: Path) -> str:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with _quiet_stdout():
+        prog = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
+                                 opset_version=ONNX_OPSET, dynamic_shapes=({0: batch},), external_data=False,
+                                 optimize=True, verbose=False)
+        prog.save(str(path), external_data=False)
+    return f"torch.onnx.export(dynamo=True, opset {ONNX_OPSET})"
+
+
+def _export_onnx_torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with _quiet_stdout():
+        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                          opset_version=opset, dynamic_axes=axes, do_constant_folding=True)
+
+
+def _ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, threads)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _ort_logits(path: Path, x: np.ndarray, threads: int) -> np.ndarray:
+    sess = _ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + 32]})[0] for i in range(0, len(x), 32)])
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(1) == b.argmax(1)).mean()) if len(a) else 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX
+
+
+def onnx_fp32(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    import onnx
+
+    src = ctx.onnx_fp32()
+    shutil.copyfile(src, out)
+    md.embed_onnx(out, meta)
+    onnx.checker.check_model(str(out), full_check=True)
+    return {"converter": ctx._cache.get("onnx_exporter"), "opset": ONNX_OPSET, "checker": "onnx.checker full_check",
+            "dynamic_batch": True}
+
+
+class _CalibReader:
+    """onnxruntime CalibrationDataReader over normalised NCHW images, in batches."""
+
+    def __init__(self, x: np.ndarray, input_name: str, batch: int = 16):
+        self.x, self.name, self.batch, self.i = x, input_name, batch, 0
+
+    def get_next(self):
+        if self.i >= len(self.x):
+            return None
+        b = self.x[self.i:self.i + self.batch]
+        self.i += self.batch
+        return {self.name: b}
+
+    def rewind(self):
+        self.i = 0
+
+    def __len__(self):
+        return (len(self.x) + self.batch - 1) // self.batch
+
+
+def _onnx_fallback_plan(model_path: Path) -> list[tuple[str, list[str]]]:
+    """Escalating sets of nodes kept float, most-sensitive first for MobileNetV3:
+    the classifier head, then the stem conv, then the squeeze-excitation branches."""
+    import onnx
+
+    g = onnx.load(str(model_path), load_external_data=False).graph
+    nodes = list(g.node)
+    head = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    stem = [convs[0].name] if convs else []
+    # SE branch: ReduceMean/GlobalAveragePool -> Conv -> Relu -> Conv -> HardSigmoid -> Mul (scale)
+    se = [n.name for n in nodes if n.op_type in ("GlobalAveragePool", "ReduceMean", "HardSigmoid")]
+    producers = {o: n for n in nodes for o in n.output}
+    for n in nodes:  # the convs and the multiply of each SE branch
+        if n.op_type == "Mul" and any(producers.get(i) is not None and producers[i].op_type == "HardSigmoid"
+                                      for i in n.input):
+            se.append(n.name)
+    for n in nodes:
+        if n.op_type == "Conv" and n.input and producers.get(n.input[0]) is not None and \
+                producers[n.input[0]].op_type in ("GlobalAveragePool", "ReduceMean", "Relu") and \
+                _feeds_se(n, nodes, producers):
+            se.append(n.name)
+    plan = [("none", [])]
+    if head:
+        plan.append(("classifier head", head))
+    if stem:
+        plan.append(("classifier head + stem conv", head + stem))
+    if se:
+        plan.append(("classifier head + stem conv + squeeze-excitation branches", head + stem + se))
+    return plan
+
+
+def _feeds_se(conv, nodes, producers) -> bool:
+    """True for the two 1x1 convs inside a squeeze-excitation branch (input is a pooled 1x1 tensor)."""
+    src = producers.get(conv.input[0])
+    for _ in range(3):
+        if src is None:
+            return False
+        if src.op_type in ("GlobalAveragePool", "ReduceMean"):
+            return True
+        src = producers.get(src.input[0]) if src.input else None
+    return False
+
+
+def onnx_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    """Static QDQ quantization: int8 per-channel weights, 8-bit activations calibrated on training images.
+    If the calibration-set agreement with the PyTorch student is below target, sensitive layers are kept
+    float in escalating steps (see _onnx_fallback_plan); the choice is recorded in the manifest."""
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+
+    src = ctx.onnx_fp32()
+    pre = ctx.work / "student.preprocessed.onnx"
+    with _quiet_stdout():
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        except Exception as e:  # pre-processing is an optimisation, not a requirement
+            log(f"export: onnx quant_pre_process failed ({_first_line(e)}); quantizing the plain graph")
+            shutil.copyfile(src, pre)
+    act = QuantType.QUInt8 if ctx.options.get("onnx_int8_activations", "uint8") == "uint8" else QuantType.QInt8
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[ctx.options.get("onnx_int8_calibration", "minmax")]
+    target = float(ctx.options.get("int8_target_agreement", 0.98))
+    cache = ctx.work / f"ort_calibration_{method.name}.json"
+    sess_name = _ort_session(pre, 1).get_inputs()[0].name
+    tried = []
+    best: Optional[tuple[float, Path, str, list[str]]] = None
+    for i, (label, exclude) in enumerate(_onnx_fallback_plan(pre)):
+        cand = ctx.work / f"student.int8.{i}.onnx"
+        with _quiet_stdout():
+            quantize_static(str(pre), str(cand), _CalibReader(ctx.calib, sess_name), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
+                            calibrate_method=method, nodes_to_exclude=exclude, calibration_cache_path=str(cache),
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        agree = agreement(_ort_logits(cand, ctx.calib, ctx.threads), ctx.calib_logits)
+        tried.append({"float_layers": label, "nodes_kept_float": len(exclude), "calibration_agreement": round(agree, 4)})
+        if best is None or agree > best[0] + 1e-9:
+            best = (agree, cand, label, exclude)
+        if agree >= target:
+            break
+    assert best is not None
+    shutil.copyfile(best[1], out)
+    md.embed_onnx(out, meta)
+    import onnx
+
+    onnx.checker.check_model(str(out), full_check=False)
+    return {"converter": "onnxruntime.quantization.quantize_static (QDQ)", "opset": ONNX_OPSET,
+            "quantization": {"weights": "int8 symmetric per-channel", "activations": f"{act.name} per-tensor",
+                             "calibration": f"{method.name} on {len(ctx.calib)} training images",
+                             "kept_float": best[2], "kept_float_nodes": best[3], "tried": tried,
+                             "target_calibration_agreement": target}}
+
+
+# ----------------------------------------------------------------------------------------------
+# TFLite (onnx2tf -> SavedModel -> TFLiteConverter)
+
+
+def _tflite_convert(ctx: ExportContext, int8_graph: bool, configure: Callable[[Any], None]) -> bytes:
+    _tf_quiet()
+    import tensorflow as tf
+
+    sm = ctx.saved_model(int8=int8_graph)
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
+    # Builtin ops only: the app ships the plain LiteRT runtime, no Flex (Select TF ops) delegate.
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    configure(conv)
+    with _quiet_stdout():
+        return conv.convert()
+
+
+def _representative(ctx: ExportContext):
+    x = ctx.calib_nhwc
+
+    def gen():
+        for i in range(len(x)):
+            yield [x[i:i + 1]]
+    return gen
+
+
+def _write_tflite(content: bytes, out: Path, meta: dict) -> None:
+    out.write_bytes(md.embed_tflite_bytes(content, meta))
+
+
+def tflite_fp32(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    _write_tflite(_tflite_convert(ctx, False, lambda c: None), out, meta)
+    return {"converter": "onnx2tf -> tf.lite.TFLiteConverter", "graph": "hard-sigmoid as relu6(x+3)/6"}
+
+
+def tflite_fp16(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    import tensorflow as tf
+
+    def cfg(c):
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.target_spec.supported_types = [tf.float16]
+    _write_tflite(_tflite_convert(ctx, False, cfg), out, meta)
+    return {"converter": "onnx2tf -> tf.lite.TFLiteConverter (float16 weights)"}
+
+
+def tflite_dynamic(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    import tensorflow as tf
+
+    def cfg(c):
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+    _write_tflite(_tflite_convert(ctx, True, cfg), out, meta)
+    return {"converter": "onnx2tf -> tf.lite.TFLiteConverter (dynamic range)",
+            "quantization": {"weights": "int8 per-channel", "activations": "float32 (quantized on the fly)"}}
+
+
+def _tflite_run(content: bytes, x_nhwc: np.ndarray, threads: int) -> np.ndarray:
+    from export.parity import TFLiteRunner
+
+    run = TFLiteRunner(model_content=content, threads=threads)
+    return run(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
+
+
+def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    """Full-integer: int8 weights (per-channel) and activations, float32 input/output (QUANTIZE/DEQUANTIZE
+    at the ends, run by XNNPACK). If the calibration-set agreement is below target the classifier head
+    (FULLY_CONNECTED) is kept float via the TFLite quantization debugger's denylist."""
+    import tensorflow as tf
+
+    rep = _representative(ctx)
+    target = float(ctx.options.get("int8_target_agreement", 0.98))
+
+    def cfg(c):
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.representative_dataset = rep
+        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        c.inference_input_type = tf.float32
+        c.inference_output_type = tf.float32
+
+    content = _tflite_convert(ctx, True, cfg)
+    agree = agreement(_tflite_run(content, ctx.calib_nhwc, ctx.threads), ctx.calib_logits)
+    tried = [{"float_layers": "none", "calibration_agreement": round(agree, 4)}]
+    kept = "none"
+    if agree < target:
+        alt = _tflite_int8_denylist(ctx, cfg, ["FULLY_CONNECTED"])
+        if alt is not None:
+            a2 = agreement(_tflite_run(alt, ctx.calib_nhwc, ctx.threads), ctx.calib_logits)
+            tried.append({"float_layers": "classifier head (FULLY_CONNECTED)", "calibration_agreement": round(a2, 4)})
+            if a2 > agree:
+                content, agree, kept = alt, a2, "classifier head (FULLY_CONNECTED)"
+    _write_tflite(content, out, meta)
+    return {"converter": "onnx2tf -> tf.lite.TFLiteConverter (full integer)",
+            "graph": "hard-swish as (x/6)*relu6(x+3), hard-sigmoid as relu6(x+3)/6 (all ops XNNPACK-delegated)",
+            "quantization": {"weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
+                             "io": "float32", "calibration": f"{len(ctx.calib)} training images",
+                             "kept_float": kept, "tried": tried, "target_calibration_agreement": target}}
+
+
+def _tflite_int8_denylist(ctx: ExportContext, cfg, ops: list[str]) -> Optional[bytes]:
+    import tensorflow as tf
+
+    try:
+        sm = ctx.saved_model(int8=True)
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        cfg(conv)
+        opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=ops)
+        with _quiet_stdout():
+            dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=_representative(ctx),
+                                                            debug_options=opts)
+            return dbg.get_nondebug_quantized_model()
+    except Exception as e:
+        log(f"export: selective int8 quantization failed ({_first_line(e)})")
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# CoreML
+
+
+def _coreml_base(ctx: ExportContext):
+    """mlprogram, fp16 compute, float32 NCHW input, classifier with the class labels (cached)."""
+    if "coreml_fp16" in ctx._cache:
+        return ctx._cache["coreml_fp16"]
+    with _quiet_stdout():
+        import coremltools as ct
+
+        x = torch.from_numpy(ctx.calib[:1].copy())
+        traced = torch.jit.trace(ctx.model, x)
+        ml = ct.convert(
+            traced, source="pytorch", convert_to="mlprogram",
+            inputs=[ct.TensorType(name="input", shape=tuple(x.shape), dtype=np.float32)],
+            outputs=[ct.TensorType(name="logits", dtype=np.float32)],
+            classifier_config=ct.ClassifierConfig(list(ctx.labels), predicted_feature_name="classLabel"),
+            compute_precision=ct.precision.FLOAT16, minimum_deployment_target=ct.target.iOS16,
+            skip_model_load=sys.platform != "darwin")
+    ctx._cache["coreml_fp16"] = ml
+    return ml
+
+
+def _save_coreml(ml, out: Path, meta: dict) -> None:
+    md.embed_coreml(ml, meta)
+    with _quiet_stdout():
+        ml.save(str(out))
+
+
+def coreml_fp16(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    import coremltools as ct
+
+    _save_coreml(_coreml_base(ctx), out, meta)
+    return {"converter": f"coremltools {ct.__version__} (torch.jit.trace -> mlprogram, FLOAT16, iOS16)"}
+
+
+def coreml_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    mode = str(ctx.options.get("coreml_int8_mode", "linear"))
+    base = _coreml_base(ctx)
+    with _quiet_stdout():
+        if mode == "linear":
+            conf = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=512))
+            ml = cto.linear_quantize_weights(base, conf)
+            how = "linear symmetric int8 per-channel weights"
+        elif mode == "palettize":
+            conf = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=8, mode="kmeans",
+                                                                               weight_threshold=512))
+            ml = cto.palettize_weights(base, conf)
+            how = "8-bit k-means palettized weights"
+        else:
+            raise EdgekdError(f"unknown coreml_int8_mode {mode!r}; use 'linear' or 'palettize'")
+    _save_coreml(ml, out, meta)
+    return {"converter": f"coremltools {ct.__version__} optimize ({how})", "quantization": {"weights": how}}
+
+
+CONVERTERS: dict[str, Callable[..., dict]] = {
+    "onnx_fp32": onnx_fp32, "onnx_int8": onnx_int8, "tflite_fp32": tflite_fp32, "tflite_fp16": tflite_fp16,
+    "tflite_int8": tflite_int8, "tflite_dynamic": tflite_dynamic, "coreml_fp16": coreml_fp16,
+    "coreml_int8": coreml_int8,
+}

@@ -1,0 +1,54 @@
+"""Converter-friendly rewrites of the student's activations (same maths, different op pattern).
+
+Why: the TFLite converter fuses `x*relu6(x+3)/6` into HARD_SWISH and `clip(x/6+0.5,0,1)` into
+RELU_0_TO_1. In LiteRT's XNNPACK delegate (the default CPU path) RELU_0_TO_1 is not delegated at all
+and int8 HARD_SWISH is not delegated either: each such op falls back to TFLite's own kernel and splits
+the graph into another delegate partition. MobileNetV3-Small has 9 hard-sigmoids and 19 hard-swishes,
+so an int8 model ran as 28 XNNPACK partitions with 27 single-threaded fallbacks (measured; see
+benchmarks/results/int8_latency.md). Rewriting
+
+    hard_sigmoid(x) = relu6(x + 3) * (1/6)          -> ADD(fused RELU6) + MUL, both delegated
+    hard_swish(x)   = (x * (1/6)) * relu6(x + 3)     -> MUL + ADD(RELU6) + MUL, not matched as HARD_SWISH
+
+keeps every op inside one XNNPACK partition. For float artifacts hard-swish stays as it is (XNNPACK runs
+float HARD_SWISH fused); only hard-sigmoid is rewritten.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class HardSigmoidRelu6(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+class HardSwishUnfused(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * (1.0 / 6.0)) * F.relu6(x + 3.0)
+
+
+def _swap(module: nn.Module, hardswish: bool) -> int:
+    n = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.Hardsigmoid):
+            setattr(module, name, HardSigmoidRelu6())
+            n += 1
+        elif hardswish and isinstance(child, nn.Hardswish):
+            setattr(module, name, HardSwishUnfused())
+            n += 1
+        else:
+            n += _swap(child, hardswish)
+    return n
+
+
+def xnnpack_friendly(model: nn.Module, int8: bool) -> nn.Module:
+    """A copy of `model` with hard-sigmoid (and, for int8, hard-swish) rewritten; the original is untouched."""
+    m = copy.deepcopy(model).eval()
+    _swap(m, hardswish=int8)
+    return m

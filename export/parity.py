@@ -1,0 +1,405 @@
+"""Run artifacts with their own runtime and compare them with the PyTorch student.
+
+`load_runtime(path, threads)` -> callable(normalised NCHW float32 batch) -> float32 logits [N, K]:
+onnxruntime for .onnx, LiteRT (`ai_edge_litert.interpreter.Interpreter`; tflite-runtime 2.14 does not
+work with numpy 2 and current op versions) for .tflite (NHWC transposition, int8/uint8 input
+quantisation and output dequantisation from the interpreter's parameters), coremltools for .mlpackage
+(prediction only on macOS).
+
+`inspect_artifact(path)` reports what is really inside (tensor dtypes, op counts) so that a file is only
+labelled int8 when its weights and activations are 8-bit integers.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from pipeline.errors import EdgekdError
+
+
+class NeedsMacOS(EdgekdError):
+    """CoreML prediction is only available on macOS."""
+
+
+# ----------------------------------------------------------------------------------------------
+# runtimes
+
+
+class OnnxRunner:
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, int(threads))
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        inp = self.sess.get_inputs()[0]
+        self.name = inp.name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.layout = "NHWC" if len(inp.shape) == 4 and inp.shape[-1] == 3 and inp.shape[1] != 3 else "NCHW"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.layout == "NHWC":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        step = self.fixed_batch or 64
+        outs = [self.sess.run(None, {self.name: x[i:i + step]})[0] for i in range(0, len(x), step)]
+        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 0), np.float32)
+
+
+class TFLiteRunner:
+    """LiteRT interpreter with its default XNNPACK delegate; batch 1 (the exported shape), NHWC or NCHW."""
+
+    def __init__(self, path: Optional[Path] = None, threads: int = 2, model_content: Optional[bytes] = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if model_content is not None:
+            self.interp = Interpreter(model_content=model_content, num_threads=max(1, int(threads)))
+        else:
+            self.interp = Interpreter(model_path=str(path), num_threads=max(1, int(threads)))
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        shape = list(self.inp["shape"])
+        self.layout = "NHWC" if len(shape) == 4 and shape[-1] == 3 and shape[1] != 3 else "NCHW"
+        self.batch = int(shape[0]) if shape and shape[0] > 0 else 1
+
+    def _quant_in(self, x: np.ndarray) -> np.ndarray:
+        dt = np.dtype(self.inp["dtype"])
+        if dt == np.float32:
+            return x.astype(np.float32)
+        scale, zero = self.inp["quantization"]
+        info = np.iinfo(dt)
+        # TFLite rounds half away from zero
+        q = x.astype(np.float64) / scale
+        q = np.sign(q) * np.floor(np.abs(q) + 0.5) + zero
+        return np.clip(q, info.min, info.max).astype(dt)
+
+    def _dequant_out(self, y: np.ndarray) -> np.ndarray:
+        if np.dtype(self.out["dtype"]) == np.float32:
+            return y.astype(np.float32)
+        scale, zero = self.out["quantization"]
+        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if self.layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        outs = []
+        for i in range(0, len(x), self.batch):
+            xb = np.ascontiguousarray(x[i:i + self.batch])
+            n = len(xb)
+            if n < self.batch:  # pad the last batch of a fixed-batch model
+                xb = np.concatenate([xb, np.zeros((self.batch - n,) + xb.shape[1:], xb.dtype)])
+            self.interp.set_tensor(self.inp["index"], self._quant_in(xb))
+            self.interp.invoke()
+            outs.append(self._dequant_out(self.interp.get_tensor(self.out["index"]).copy())[:n])
+        return np.concatenate(outs).reshape(len(x), -1) if outs else np.zeros((0, 0), np.float32)
+
+
+class CoreMLRunner:
+    def __init__(self, path: Path):
+        if sys.platform != "darwin":
+            raise NeedsMacOS("CoreML prediction needs macOS (coremltools can only validate the spec on Linux)")
+        import coremltools as ct
+
+        self.model = ct.models.MLModel(str(path))
+        spec = self.model.get_spec()
+        self.input = spec.description.input[0].name
+        self.labels = _coreml_labels(spec)
+        self.probs = spec.description.predictedProbabilitiesName
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        rows = []
+        for i in range(len(x)):
+            out = self.model.predict({self.input: np.ascontiguousarray(x[i:i + 1], dtype=np.float32)})
+            d = out[self.probs]
+            rows.append([float(d[lab]) for lab in self.labels])
+        return np.asarray(rows, dtype=np.float32)
+
+
+def load_runtime(artifact_path: str | Path, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
+    """A callable mapping a normalised NCHW float32 batch to float32 logits [N, num_classes]."""
+    p = Path(artifact_path)
+    if not p.exists():
+        raise EdgekdError(f"artifact not found: {p}")
+    if p.suffix == ".onnx":
+        return OnnxRunner(p, threads)
+    if p.suffix == ".tflite":
+        return TFLiteRunner(p, threads)
+    if p.suffix in (".mlpackage", ".mlmodel"):
+        return CoreMLRunner(p)
+    raise EdgekdError(f"no runtime for {p.name} (expected .onnx, .tflite or .mlpackage)")
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics and gates
+
+
+def parity_metrics(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarray] = None) -> dict:
+    """Artifact logits `got` vs PyTorch logits `ref` on the same preprocessed images."""
+    ref = np.asarray(ref, np.float64)
+    got = np.asarray(got, np.float64)
+    if ref.shape != got.shape:
+        raise EdgekdError(f"artifact output shape {got.shape} differs from the student's {ref.shape}")
+    diff = np.abs(ref - got)
+    num = (ref * got).sum(1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    cos = np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
+    out = {
+        "images": int(len(ref)),
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "cosine": float(cos.min()) if len(cos) else 1.0,
+        "cosine_mean": float(cos.mean()) if len(cos) else 1.0,
+        "agreement": float((ref.argmax(1) == got.argmax(1)).mean()) if len(ref) else 1.0,
+        "finite": bool(np.isfinite(got).all()),
+    }
+    if labels is not None and len(labels) == len(ref):
+        acc_ref = float((ref.argmax(1) == labels).mean())
+        acc = float((got.argmax(1) == labels).mean())
+        out.update(accuracy=acc, student_accuracy=acc_ref, accuracy_drop_points=round((acc_ref - acc) * 100, 4))
+    else:
+        out.update(accuracy=None, student_accuracy=None, accuracy_drop_points=None)
+    return out
+
+
+def apply_gate(metrics: dict, gate: dict) -> tuple[str, list[str]]:
+    """('passed'|'failed', reasons) for metrics against {'min_agreement', 'max_accuracy_drop_points'}."""
+    why = []
+    if not metrics.get("finite", True):
+        why.append("non-finite logits")
+    ma = gate.get("min_agreement")
+    if ma is not None and metrics["agreement"] < ma:
+        why.append(f"top-1 agreement {metrics['agreement'] * 100:.2f}% < {ma * 100:.2f}%")
+    md = gate.get("max_accuracy_drop_points")
+    drop = metrics.get("accuracy_drop_points")
+    if md is not None and drop is not None and drop > md:
+        why.append(f"accuracy drop {drop:.2f} points > {md:g}")
+    return ("failed" if why else "passed"), why
+
+
+# ----------------------------------------------------------------------------------------------
+# what is inside a file
+
+
+def _tflite_inspect(path: Path) -> dict:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=str(path), num_threads=1,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    compute = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+    w_total = w_int8 = 0
+    act_int8 = act_float = 0
+    float_ops = []
+    for o in ops:
+        if o["op_name"] not in compute:
+            continue
+        ins = [tensors[i] for i in o["inputs"] if i >= 0]
+        data, weight = ins[0], ins[1]
+        n = int(np.prod(weight["shape"]))
+        w_total += n
+        if np.dtype(weight["dtype"]) == np.int8:
+            w_int8 += n
+        if np.dtype(data["dtype"]) in (np.int8, np.uint8):
+            act_int8 += 1
+        else:
+            act_float += 1
+            float_ops.append(o["op_name"])
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    return {
+        "ops": dict(Counter(o["op_name"] for o in ops)),
+        "transposes": sum(1 for o in ops if o["op_name"] == "TRANSPOSE"),
+        "input": {"shape": [int(s) for s in inp["shape"]], "dtype": np.dtype(inp["dtype"]).name},
+        "output": {"shape": [int(s) for s in out["shape"]], "dtype": np.dtype(out["dtype"]).name},
+        "weights_int8_fraction": round(w_int8 / w_total, 4) if w_total else 0.0,
+        "compute_ops_int8_activations": act_int8,
+        "compute_ops_float_activations": act_float,
+        "float_compute_ops": dict(Counter(float_ops)),
+    }
+
+
+def _onnx_inspect(path: Path) -> dict:
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    w_total = w_int8 = 0
+    act_q = act_f = 0
+    for n in g.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul", "QLinearConv", "ConvInteger"):
+            continue
+        wname = n.input[1]
+        src = producers.get(wname)
+        if src is not None and src.op_type == "DequantizeLinear" and src.input[0] in inits:
+            t = inits[src.input[0]]
+            size = int(np.prod(t.dims))
+            w_total += size
+            if t.data_type in (TensorProto.INT8, TensorProto.UINT8):
+                w_int8 += size
+        elif wname in inits:
+            w_total += int(np.prod(inits[wname].dims))
+        d = producers.get(n.input[0])
+        if d is not None and d.op_type == "DequantizeLinear":
+            act_q += 1
+        else:
+            act_f += 1
+    inp = g.input[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inp.shape.dim]
+    return {
+        "ops": dict(Counter(n.op_type for n in g.node)),
+        "input": {"shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(inp.elem_type).name},
+        "weights_int8_fraction": round(w_int8 / w_total, 4) if w_total else 0.0,
+        "compute_ops_int8_activations": act_q,
+        "compute_ops_float_activations": act_f,
+        "opset": max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=None),
+    }
+
+
+def _coreml_labels(spec) -> list[str]:
+    """Class labels: in an mlprogram they are the `classes` operand of the `classify` op."""
+    t = spec.WhichOneof("Type")
+    if t == "mlProgram":
+        for fn in spec.mlProgram.functions.values():
+            for block in fn.block_specializations.values():
+                for op in block.operations:
+                    if op.type != "classify" or "classes" not in op.inputs:
+                        continue
+                    for arg in op.inputs["classes"].arguments:
+                        if arg.WhichOneof("binding") == "value":
+                            return [_mil_scalar(v.immediateValue) for v in arg.value.immediateValue.list.values]
+        return []
+    inner = getattr(spec, t)
+    if hasattr(inner, "stringClassLabels") and len(inner.stringClassLabels.vector):
+        return list(inner.stringClassLabels.vector)
+    if hasattr(inner, "int64ClassLabels") and len(inner.int64ClassLabels.vector):
+        return [str(v) for v in inner.int64ClassLabels.vector]
+    return []
+
+
+def _mil_scalar(iv) -> str:
+    t = iv.tensor
+    if t.strings.values:
+        return str(t.strings.values[0])
+    if t.ints.values:
+        return str(t.ints.values[0])
+    if t.longInts.values:
+        return str(t.longInts.values[0])
+    return ""
+
+
+def _coreml_inspect(path: Path) -> dict:
+    from coremltools.models.utils import load_spec
+
+    spec = load_spec(str(path))
+    desc = spec.description
+    inputs = []
+    for i in desc.input:
+        ma = i.type.multiArrayType
+        inputs.append({"name": i.name, "shape": [int(s) for s in ma.shape],
+                       "dtype": {65568: "float32", 65552: "float16", 131104: "int32"}.get(ma.dataType, str(ma.dataType))})
+    outputs = [{"name": o.name, "type": o.type.WhichOneof("Type")} for o in desc.output]
+    # weights: const ops of the MIL program (fp16 tensors) and constexpr_* ops (quantized/palettized weights)
+    op_types: Counter = Counter()
+    const_dtypes: Counter = Counter()
+    if spec.WhichOneof("Type") == "mlProgram":
+        from coremltools.proto import MIL_pb2
+
+        dt_name = {v: k for k, v in MIL_pb2.DataType.items()}
+        for fn in spec.mlProgram.functions.values():
+            for block in fn.block_specializations.values():
+                for op in block.operations:
+                    op_types[op.type] += 1
+                    if op.type == "const" or op.type.startswith("constexpr_"):
+                        for o in op.outputs:
+                            tt = o.type.tensorType
+                            if o.type.WhichOneof("type") == "tensorType" and len(tt.dimensions) >= 2:
+                                const_dtypes[dt_name.get(tt.dataType, str(tt.dataType))] += 1
+                        for attr in op.attributes.values():
+                            if attr.type.WhichOneof("type") == "tensorType" and len(attr.type.tensorType.dimensions) >= 2:
+                                const_dtypes["attr:" + dt_name.get(attr.type.tensorType.dataType, "?")] += 1
+    return {
+        "spec_type": spec.WhichOneof("Type"),
+        "spec_version": int(spec.specificationVersion),
+        "inputs": inputs,
+        "outputs": outputs,
+        "class_labels": _coreml_labels(spec),
+        "predicted_feature": desc.predictedFeatureName,
+        "predicted_probabilities": desc.predictedProbabilitiesName,
+        "user_metadata_keys": sorted(desc.metadata.userDefined.keys()),
+        "ops": dict(op_types),
+        "quantized_weight_ops": sum(v for k, v in op_types.items() if k.startswith("constexpr_")),
+        "weight_dtypes": dict(const_dtypes),
+    }
+
+
+def inspect_artifact(path: str | Path) -> dict:
+    p = Path(path)
+    if p.suffix == ".tflite":
+        return _tflite_inspect(p)
+    if p.suffix == ".onnx":
+        return _onnx_inspect(p)
+    if p.suffix in (".mlpackage", ".mlmodel"):
+        return _coreml_inspect(p)
+    raise EdgekdError(f"cannot inspect {p}")
+
+
+def check_precision(spec, info: dict, allowed_float_ops: int = 0) -> Optional[str]:
+    """None if the file is what its label says; otherwise why it must not carry that label."""
+    if spec.precision in ("int8", "dynamic-int8"):
+        if spec.format == "coreml":
+            if info.get("quantized_weight_ops", 0) == 0:
+                return "no quantized (constexpr_*) weight ops in the CoreML program: weights are not int8"
+            return None
+        wf = info.get("weights_int8_fraction", 0.0)
+        if wf < 0.9:
+            return f"only {wf * 100:.0f}% of conv/fc weight values are int8"
+        if spec.precision == "int8":
+            f_ops = info.get("compute_ops_float_activations", 0)
+            q_ops = info.get("compute_ops_int8_activations", 0)
+            if q_ops == 0 or f_ops > allowed_float_ops:
+                return (f"{f_ops} conv/fc op(s) run on float activations ({q_ops} on 8-bit), more than the "
+                        f"{allowed_float_ops} deliberately kept float")
+    elif spec.format == "tflite" and spec.precision in ("fp32", "fp16"):
+        if info.get("compute_ops_int8_activations", 0):
+            return "float artifact contains int8 compute ops"
+    if spec.format == "tflite" and info.get("transposes", 0) > 2:
+        return f"{info['transposes']} TRANSPOSE ops (layout conversion storm)"
+    return None
+
+
+def validate_coreml(info: dict, meta: dict) -> list[str]:
+    """Spec checks standing in for prediction off macOS: inputs, outputs, labels, metadata, weight dtypes."""
+    problems = []
+    i = meta["input"]
+    want = [1, 3, i["height"], i["width"]]
+    if not info["inputs"] or info["inputs"][0]["shape"] != want:
+        problems.append(f"input shape {info['inputs'][0]['shape'] if info['inputs'] else None} != {want}")
+    elif info["inputs"][0]["dtype"] != "float32":
+        problems.append(f"input dtype {info['inputs'][0]['dtype']} != float32")
+    if info["class_labels"] != list(meta["labels"]):
+        problems.append(f"class labels {info['class_labels']} != {meta['labels']}")
+    if not info["predicted_probabilities"] or not any(o["name"] == info["predicted_probabilities"] for o in info["outputs"]):
+        problems.append("no per-class score output")
+    if "edgekd.model" not in info["user_metadata_keys"]:
+        problems.append("edgekd.model user metadata missing")
+    if info["spec_type"] != "mlProgram":
+        problems.append(f"spec type {info['spec_type']} is not mlProgram")
+    wd = info.get("weight_dtypes", {})
+    if meta["precision"] == "fp16" and not any("FLOAT16" in k for k in wd):
+        problems.append(f"no fp16 weights found ({wd})")
+    if meta["precision"] == "int8" and not any("INT8" in k or "UINT8" in k for k in wd):
+        problems.append(f"no 8-bit weights found ({wd})")
+    return problems
