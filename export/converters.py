@@ -112,12 +112,27 @@ class ExportContext:
         _tf_quiet()
         onnx2tf = importlib.import_module("onnx2tf")
         sample = self.calib_nhwc_01[:20]
-        with _onnx2tf_offline(sample), _quiet_stdout():
-            onnx2tf.convert(input_onnx_file_path=str(onnx_copy), output_folder_path=str(out),
-                            output_signaturedefs=True, non_verbose=True, verbosity="error")
+        strict = True
+        try:
+            with _onnx2tf_offline(sample), _quiet_stdout():
+                onnx2tf.convert(input_onnx_file_path=str(onnx_copy), output_folder_path=str(out),
+                                output_signaturedefs=True, non_verbose=True, verbosity="error")
+        except (Exception, SystemExit) as e:
+            # onnx2tf's "strict mode" re-checks layouts when a shape has repeated dims (e.g. 16x16x16 at
+            # 32 px) and fails on a Mul by a scalar constant; retry without it (parity checks the result).
+            log(f"export: onnx2tf failed in strict mode ({type(e).__name__}: {_first_line(e)}); retrying "
+                "with disable_strict_mode")
+            strict = False
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copyfile(src, onnx_copy)
+            with _onnx2tf_offline(sample), _quiet_stdout():
+                onnx2tf.convert(input_onnx_file_path=str(onnx_copy), output_folder_path=str(out),
+                                output_signaturedefs=True, non_verbose=True, verbosity="error",
+                                disable_strict_mode=True)
         if not (out / "saved_model.pb").exists():
             raise EdgekdError(f"onnx2tf wrote no SavedModel into {out}")
         self._cache[key] = out
+        self._cache[key + "_strict"] = strict
         return out
 
     @property
@@ -265,48 +280,90 @@ class _CalibReader:
         return (len(self.x) + self.batch - 1) // self.batch
 
 
-def _onnx_fallback_plan(model_path: Path) -> list[tuple[str, list[str]]]:
-    """Escalating sets of nodes kept float, most-sensitive first for MobileNetV3:
-    the classifier head, then the stem conv, then the squeeze-excitation branches."""
+def _compute_nodes(model) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+
+
+def _bypass_qdq(qmodel, float_model, node_names: set[str]):
+    """A copy of the QDQ model where the named compute nodes read float inputs and float weights
+    (their Q/DQ pairs are bypassed), for a fast sensitivity scan without re-quantizing."""
     import onnx
 
-    g = onnx.load(str(model_path), load_external_data=False).graph
-    nodes = list(g.node)
-    head = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
-    convs = [n for n in nodes if n.op_type == "Conv"]
-    stem = [convs[0].name] if convs else []
-    # SE branch: ReduceMean/GlobalAveragePool -> Conv -> Relu -> Conv -> HardSigmoid -> Mul (scale)
-    se = [n.name for n in nodes if n.op_type in ("GlobalAveragePool", "ReduceMean", "HardSigmoid")]
-    producers = {o: n for n in nodes for o in n.output}
-    for n in nodes:  # the convs and the multiply of each SE branch
-        if n.op_type == "Mul" and any(producers.get(i) is not None and producers[i].op_type == "HardSigmoid"
-                                      for i in n.input):
-            se.append(n.name)
-    for n in nodes:
-        if n.op_type == "Conv" and n.input and producers.get(n.input[0]) is not None and \
-                producers[n.input[0]].op_type in ("GlobalAveragePool", "ReduceMean", "Relu") and \
-                _feeds_se(n, nodes, producers):
-            se.append(n.name)
-    plan = [("none", [])]
-    if head:
-        plan.append(("classifier head", head))
-    if stem:
-        plan.append(("classifier head + stem conv", head + stem))
-    if se:
-        plan.append(("classifier head + stem conv + squeeze-excitation branches", head + stem + se))
-    return plan
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    prod = {o: n for n in m.graph.node for o in n.output}
+    fprod = {o: n for n in float_model.graph.node for o in n.output}
+    have = {i.name for i in m.graph.initializer}
+    float_inits = {i.name: i for i in float_model.graph.initializer}
+    added: dict[str, str] = {}
+
+    def float_tensor(t: str) -> str:
+        # The quantizer folds Relu/Clip into the Q range (the Conv then writes the tensor named after the
+        # Relu output, unclipped): reading it in float needs that activation back.
+        fp, qp = fprod.get(t), prod.get(t)
+        if fp is None or qp is None or fp.op_type == qp.op_type or fp.op_type not in ("Relu", "Clip"):
+            return t
+        if t not in added:
+            new = onnx.NodeProto()
+            new.CopyFrom(fp)
+            new.name = f"{fp.name}__edgekd_float"
+            del new.input[:]
+            new.input.extend([t] + list(fp.input[1:]))
+            for extra in fp.input[1:]:
+                if extra and extra in float_inits and extra not in have:
+                    m.graph.initializer.append(float_inits[extra])
+                    have.add(extra)
+            del new.output[:]
+            new.output.append(f"{t}__edgekd_float")
+            m.graph.node.append(new)
+            added[t] = new.output[0]
+        return added[t]
+
+    for n in list(m.graph.node):
+        if n.name not in node_names:
+            continue
+        for k, name in enumerate(list(n.input)):
+            d = prod.get(name)
+            if d is None or d.op_type != "DequantizeLinear":
+                continue
+            q = prod.get(d.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                n.input[k] = float_tensor(q.input[0])
+            elif d.input[0].endswith("_quantized") and d.input[0][: -len("_quantized")] in float_inits \
+                    and d.input[0][: -len("_quantized")] not in prod:  # (int32 biases dequantize to their own name)
+                fname = d.input[0][: -len("_quantized")]
+                if fname not in have:
+                    m.graph.initializer.append(float_inits[fname])
+                    have.add(fname)
+                n.input[k] = fname
+    return m
 
 
-def _feeds_se(conv, nodes, producers) -> bool:
-    """True for the two 1x1 convs inside a squeeze-excitation branch (input is a pooled 1x1 tensor)."""
-    src = producers.get(conv.input[0])
-    for _ in range(3):
-        if src is None:
-            return False
-        if src.op_type in ("GlobalAveragePool", "ReduceMean"):
-            return True
-        src = producers.get(src.input[0]) if src.input else None
-    return False
+def _logit_mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a - b) ** 2).mean())
+
+
+def _ort_logits_model(model, x: np.ndarray, threads: int) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, threads)
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+
+
+def onnx_sensitivity(qpath: Path, fpath: Path, x: np.ndarray, ref: np.ndarray, threads: int) -> list[tuple[str, float]]:
+    """Per compute node: logit MSE vs PyTorch when only that node runs in float (lower = more sensitive)."""
+    import onnx
+
+    q = onnx.load(str(qpath))
+    f = onnx.load(str(fpath))
+    out = []
+    for name in _compute_nodes(q):
+        out.append((name, _logit_mse(_ort_logits_model(_bypass_qdq(q, f, {name}), x, threads), ref)))
+    return sorted(out, key=lambda t: t[1])
 
 
 def onnx_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
@@ -324,28 +381,49 @@ def onnx_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
         except Exception as e:  # pre-processing is an optimisation, not a requirement
             log(f"export: onnx quant_pre_process failed ({_first_line(e)}); quantizing the plain graph")
             shutil.copyfile(src, pre)
+    import onnx
+
     act = QuantType.QUInt8 if ctx.options.get("onnx_int8_activations", "uint8") == "uint8" else QuantType.QInt8
+    g = onnx.load(str(pre), load_external_data=False).graph
+    outs = {o.name for o in g.output}
+    # The layer writing the logits keeps int8 weights and inputs but a float output: quantizing the logits
+    # would clip any logit beyond the calibration images' range (measured: 4.8 -> 1.95 on a test image).
+    out_ops = sorted({n.op_type for n in g.node if any(o in outs for o in n.output)})
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[ctx.options.get("onnx_int8_calibration", "minmax")]
     target = float(ctx.options.get("int8_target_agreement", 0.98))
     cache = ctx.work / f"ort_calibration_{method.name}.json"
     sess_name = _ort_session(pre, 1).get_inputs()[0].name
-    tried = []
-    best: Optional[tuple[float, Path, str, list[str]]] = None
-    for i, (label, exclude) in enumerate(_onnx_fallback_plan(pre)):
-        cand = ctx.work / f"student.int8.{i}.onnx"
+    reader = lambda: _CalibReader(ctx.calib, sess_name)  # noqa: E731
+
+    def quantize(exclude: list[str], dst: Path) -> float:
         with _quiet_stdout():
-            quantize_static(str(pre), str(cand), _CalibReader(ctx.calib, sess_name), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
-                            calibrate_method=method, nodes_to_exclude=exclude, calibration_cache_path=str(cache),
-                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-        agree = agreement(_ort_logits(cand, ctx.calib, ctx.threads), ctx.calib_logits)
-        tried.append({"float_layers": label, "nodes_kept_float": len(exclude), "calibration_agreement": round(agree, 4)})
-        if best is None or agree > best[0] + 1e-9:
-            best = (agree, cand, label, exclude)
-        if agree >= target:
-            break
-    assert best is not None
+            quantize_static(str(pre), str(dst), reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
+                            nodes_to_exclude=exclude, calibration_cache_path=str(cache),
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                           "OpTypesToExcludeOutputQuantization": out_ops})
+        return agreement(_ort_logits(dst, ctx.calib, ctx.threads), ctx.calib_logits)
+
+    full = ctx.work / "student.int8.full.onnx"
+    agree = quantize([], full)
+    tried = [{"kept_float": [], "calibration_agreement": round(agree, 4)}]
+    best = (agree, full, [])
+    max_float = int(ctx.options.get("int8_max_float_layers", 6))
+    if agree < target and max_float > 0:
+        # sensitivity scan: which single layer, kept float, brings the logits closest to PyTorch's
+        ranked = onnx_sensitivity(full, pre, ctx.calib[:64], ctx.calib_logits[:64], ctx.threads)
+        k = 1
+        while k <= max_float:
+            exclude = [name for name, _ in ranked[:k]]
+            cand = ctx.work / f"student.int8.float{k}.onnx"
+            a = quantize(exclude, cand)
+            tried.append({"kept_float": exclude, "calibration_agreement": round(a, 4)})
+            if a > best[0] + 1e-9:
+                best = (a, cand, exclude)
+            if a >= target:
+                break
+            k = k * 2 if k * 2 <= max_float or k == max_float else max_float
     shutil.copyfile(best[1], out)
     md.embed_onnx(out, meta)
     import onnx
@@ -354,7 +432,10 @@ def onnx_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
     return {"converter": "onnxruntime.quantization.quantize_static (QDQ)", "opset": ONNX_OPSET,
             "quantization": {"weights": "int8 symmetric per-channel", "activations": f"{act.name} per-tensor",
                              "calibration": f"{method.name} on {len(ctx.calib)} training images",
-                             "kept_float": best[2], "kept_float_nodes": best[3], "tried": tried,
+                             "float_output": f"{', '.join(out_ops)} writing the logits (no clipping to the "
+                                             "calibration range)",
+                             "kept_float": best[2] or "none", "allowed_float_compute_ops": len(best[2]),
+                             "calibration_agreement": round(best[0], 4), "tried": tried,
                              "target_calibration_agreement": target}}
 
 
@@ -422,12 +503,10 @@ def _tflite_run(content: bytes, x_nhwc: np.ndarray, threads: int) -> np.ndarray:
 
 def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
     """Full-integer: int8 weights (per-channel) and activations, float32 input/output (QUANTIZE/DEQUANTIZE
-    at the ends, run by XNNPACK). If the calibration-set agreement is below target the classifier head
-    (FULLY_CONNECTED) is kept float via the TFLite quantization debugger's denylist."""
+    at the ends, run by XNNPACK), on the XNNPACK-friendly graph (export/graph.py)."""
     import tensorflow as tf
 
     rep = _representative(ctx)
-    target = float(ctx.options.get("int8_target_agreement", 0.98))
 
     def cfg(c):
         c.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -438,39 +517,13 @@ def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
 
     content = _tflite_convert(ctx, True, cfg)
     agree = agreement(_tflite_run(content, ctx.calib_nhwc, ctx.threads), ctx.calib_logits)
-    tried = [{"float_layers": "none", "calibration_agreement": round(agree, 4)}]
-    kept = "none"
-    if agree < target:
-        alt = _tflite_int8_denylist(ctx, cfg, ["FULLY_CONNECTED"])
-        if alt is not None:
-            a2 = agreement(_tflite_run(alt, ctx.calib_nhwc, ctx.threads), ctx.calib_logits)
-            tried.append({"float_layers": "classifier head (FULLY_CONNECTED)", "calibration_agreement": round(a2, 4)})
-            if a2 > agree:
-                content, agree, kept = alt, a2, "classifier head (FULLY_CONNECTED)"
     _write_tflite(content, out, meta)
     return {"converter": "onnx2tf -> tf.lite.TFLiteConverter (full integer)",
-            "graph": "hard-swish as (x/6)*relu6(x+3), hard-sigmoid as relu6(x+3)/6 (all ops XNNPACK-delegated)",
+            "graph": "hard-swish as (x/6)*relu6(x+3), hard-sigmoid as relu6(x+3)/6 (XNNPACK-delegated)",
+            "onnx2tf_strict_mode": ctx._cache.get("saved_model_int8_strict"),
             "quantization": {"weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
                              "io": "float32", "calibration": f"{len(ctx.calib)} training images",
-                             "kept_float": kept, "tried": tried, "target_calibration_agreement": target}}
-
-
-def _tflite_int8_denylist(ctx: ExportContext, cfg, ops: list[str]) -> Optional[bytes]:
-    import tensorflow as tf
-
-    try:
-        sm = ctx.saved_model(int8=True)
-        conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        cfg(conv)
-        opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=ops)
-        with _quiet_stdout():
-            dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=_representative(ctx),
-                                                            debug_options=opts)
-            return dbg.get_nondebug_quantized_model()
-    except Exception as e:
-        log(f"export: selective int8 quantization failed ({_first_line(e)})")
-        return None
+                             "kept_float": "none", "calibration_agreement": round(agree, 4)}}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -156,6 +156,8 @@ def parity_metrics(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarray
         "images": int(len(ref)),
         "max_abs": float(diff.max()) if diff.size else 0.0,
         "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        # relative to the largest |logit| of the student on these images (logit scales differ per model)
+        "max_abs_rel": float(diff.max() / max(np.abs(ref).max(), 1e-12)) if diff.size else 0.0,
         "cosine": float(cos.min()) if len(cos) else 1.0,
         "cosine_mean": float(cos.mean()) if len(cos) else 1.0,
         "agreement": float((ref.argmax(1) == got.argmax(1)).mean()) if len(ref) else 1.0,

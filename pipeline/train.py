@@ -276,6 +276,7 @@ def train_model(
     bar = progress(None, desc=f"train {spec.name}", total=total, unit="step", initial=start_epoch * steps_per_epoch)
     try:
         for epoch in range(start_epoch, spec.epochs):
+            t_epoch = time.time()
             es = _epoch_seed(spec.seed, epoch)
             torch.manual_seed(es + rank)  # dropout and anything else on the global RNG
             random.seed(es)
@@ -333,7 +334,7 @@ def train_model(
                 tn += len(idx)
                 bar.update(1)
             rec = {"epoch": epoch + 1, "train_loss": tl / max(1, tn), "train_accuracy": tc / max(1, tn),
-                   "lr": sched.get_last_lr()[0]}
+                   "lr": sched.get_last_lr()[0], "train_seconds": round(time.time() - t_epoch, 2)}
             if data.val_x is not None and len(data.val_x):
                 vl = predict_logits(model, data.val_x, device=str(device), channels_last=spec.channels_last)
                 rec["val_accuracy"] = (vl.argmax(1) == data.val_y).float().mean().item()

@@ -1,0 +1,419 @@
+"""Export: every format on a tiny trained student, parity gates, metadata, manifest, failure handling.
+
+One session-scoped export of all formats (tests/export/conftest.py: ~25 s run + ~60 s export on 2 shared
+cores) is inspected by most tests; the failure-path tests export only `onnx` into a copy of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.formats import FORMATS, DEFAULT_GATES, gate_for, module_available, resolve_formats
+from pipeline.errors import EdgekdError, GateFailed
+
+REQUIRED_MODEL_JSON = {"schema", "name", "arch", "format", "precision", "file", "sha256", "source_checkpoint_sha256",
+                       "edgekd_version", "labels", "num_classes", "input", "output"}
+REQUIRED_INPUT = {"layout", "height", "width", "channels", "dtype", "color_mode", "mean", "std", "scale", "resize"}
+ALL = list(FORMATS)
+
+
+def _available(name: str) -> bool:
+    return not FORMATS[name].missing_modules()
+
+
+@pytest.fixture(scope="session")
+def exported(export_run):
+    """run_export over every format; returns (run_dir, manifest)."""
+    from export.api import run_export
+    from pipeline.rundir import RunDir
+
+    run = RunDir(export_run)
+    manifest = run_export(run, run.config(), ALL)
+    return export_run, manifest
+
+
+def _entry(manifest: dict, name: str) -> dict:
+    return {a["name"]: a for a in manifest["artifacts"]}[name]
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("exports"))
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------
+# the table and argument checks (no export needed)
+
+
+def test_table_covers_the_issue_formats():
+    assert ALL == ["onnx", "onnx-int8", "tflite", "tflite-fp16", "tflite-int8", "tflite-dynamic", "coreml",
+                   "coreml-int8"]
+    for spec in FORMATS.values():
+        assert spec.filename in ("model.onnx", "model.tflite", "model.mlpackage")
+        assert spec.format in ("onnx", "tflite", "coreml")
+        assert spec.precision in ("fp32", "fp16", "int8", "dynamic-int8")
+        assert spec.layout == ("NHWC" if spec.format == "tflite" else "NCHW")
+
+
+def test_unknown_format_names_the_closest():
+    with pytest.raises(EdgekdError, match="did you mean 'tflite-int8'"):
+        resolve_formats(["onnx", "tflite-int9"])
+    assert [s.name for s in resolve_formats("tflite,onnx")] == ["onnx", "tflite"]  # table order
+
+
+def test_gates_defaults_and_overrides():
+    from export.formats import check_gate_keys
+
+    assert gate_for(FORMATS["onnx"]) == {"min_agreement": 0.999, "max_accuracy_drop_points": None}
+    assert gate_for(FORMATS["coreml"])["min_agreement"] == 0.995
+    assert gate_for(FORMATS["tflite-int8"]) == {"min_agreement": 0.97, "max_accuracy_drop_points": 1.0}
+    g = gate_for(FORMATS["tflite-int8"], {"int8_agreement": 0.9, "tflite-int8_accuracy_drop": 2.0})
+    assert g == {"min_agreement": 0.9, "max_accuracy_drop_points": 2.0}
+    assert DEFAULT_GATES["fp16_agreement"] == 0.995
+    with pytest.raises(EdgekdError, match="int8_agreement"):
+        check_gate_keys({"int8_agreemnt": 0.9})
+
+
+def test_parity_metrics_and_gate():
+    from export.parity import apply_gate, parity_metrics
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 3, (50, 4))
+    labels = ref.argmax(1)
+    m = parity_metrics(ref, ref + 1e-6, labels)
+    assert m["agreement"] == 1.0 and m["max_abs"] < 1e-5 and m["cosine"] > 0.999999 and m["accuracy"] == 1.0
+    assert apply_gate(m, {"min_agreement": 0.999, "max_accuracy_drop_points": 1.0}) == ("passed", [])
+    bad = ref.copy()
+    bad[:5] = bad[:5, ::-1]  # 5 of 50 predictions change
+    m = parity_metrics(ref, bad, labels)
+    status, why = apply_gate(m, {"min_agreement": 0.97, "max_accuracy_drop_points": 1.0})
+    assert status == "failed" and "agreement 90.00% < 97.00%" in why[0] and "accuracy drop 10.00 points" in why[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# every format on the tiny trained student
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_artifact_exports_and_passes_parity(exported, name):
+    run_dir, manifest = exported
+    e = _entry(manifest, name)
+    if not _available(name):
+        assert e["status"] == "skipped" and "not importable" in e["reason"]
+        pytest.skip(e["reason"])
+    assert e["status"] == "ok", e.get("reason")
+    assert e["path"] == f"exports/{name}/{FORMATS[name].filename}"
+    p = e["parity"]
+    if FORMATS[name].format == "coreml" and p["status"] == "needs macOS":
+        assert p["spec_check"] == "passed" and p["spec_problems"] == []
+        return
+    assert p["status"] == "passed"
+    assert p["images"] == manifest["parity_images"] > 0
+    assert p["agreement"] >= gate_for(FORMATS[name])["min_agreement"]
+    for key in ("max_abs", "mean_abs", "cosine", "accuracy", "accuracy_drop_points"):
+        assert p[key] is not None
+    if FORMATS[name].precision == "fp32":
+        assert p["max_abs_rel"] < 1e-4 and p["cosine"] > 0.99999
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if FORMATS[n].format != "coreml"])
+def test_artifact_runs_in_its_runtime(exported, name):
+    """load_runtime (the benchmark's entry point) reproduces the parity figures on fresh inputs."""
+    import torch
+
+    from export.parity import load_runtime
+    from pipeline.data import load_split
+    from pipeline.rundir import RunDir
+    from pipeline.stages import eval_tensor, load_student
+
+    if not _available(name):
+        pytest.skip("converter not installed")
+    run_dir, manifest = exported
+    run = RunDir(run_dir)
+    cfg = run.config()
+    data = load_split(run)
+    x = eval_tensor(run, data, cfg, "test").numpy()[:7]  # an odd batch
+    with torch.no_grad():
+        ref = load_student(cfg, run, len(data.classes))(torch.from_numpy(x)).numpy()
+    got = load_runtime(run_dir / _entry(manifest, name)["path"], threads=1)(x)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_manifest_sha256_and_sizes_match_the_bytes(exported):
+    from export.api import tree_sha256, tree_size
+
+    run_dir, manifest = exported
+    on_disk = json.loads((run_dir / "exports" / "manifest.json").read_text())
+    assert on_disk["artifacts"] == json.loads(json.dumps(manifest["artifacts"]))
+    src = run_dir / "student" / "model.safetensors"
+    import hashlib
+
+    assert on_disk["source_checkpoint_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    for e in on_disk["artifacts"]:
+        for key in ("name", "format", "precision", "path", "sha256", "size_bytes", "status", "reason", "parity",
+                    "layout", "converter"):
+            assert key in e
+        if e["status"] != "ok":
+            continue
+        p = run_dir / e["path"]
+        if p.is_file():
+            assert hashlib.sha256(p.read_bytes()).hexdigest() == e["sha256"]
+        assert tree_sha256(p) == e["sha256"]
+        assert tree_size(p) == e["size_bytes"]
+    assert not list((run_dir / "exports").glob(".*")), "temporary files left behind"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_metadata_round_trips(exported, name):
+    from export.metadata import read_embedded
+
+    if not _available(name):
+        pytest.skip("converter not installed")
+    run_dir, manifest = exported
+    e = _entry(manifest, name)
+    folder = run_dir / "exports" / name
+    meta = json.loads((folder / "model.json").read_text())
+    assert REQUIRED_MODEL_JSON <= set(meta) and REQUIRED_INPUT <= set(meta["input"])
+    assert meta["schema"] == "edgekd.model/1" and meta["name"] == "student"
+    assert meta["file"] == FORMATS[name].filename and meta["sha256"] == e["sha256"]
+    assert meta["source_checkpoint_sha256"] == manifest["source_checkpoint_sha256"]
+    assert meta["labels"] == manifest["labels"] and meta["num_classes"] == len(meta["labels"])
+    assert (folder / "labels.txt").read_text().splitlines() == meta["labels"]
+    assert meta["input"]["layout"] == FORMATS[name].layout and meta["input"]["dtype"] == "float32"
+    assert meta["input"]["resize"] == "bilinear_half_pixel" and meta["input"]["color_mode"] == "RGB"
+    assert meta["output"] == {"kind": "logits", "num_classes": len(meta["labels"])}
+    inside = read_embedded(folder / meta["file"])
+    assert inside == {k: v for k, v in meta.items() if k not in ("sha256", "quantization")}
+
+
+def test_int8_artifacts_really_are_int8(exported):
+    """Weights (and, for full-integer files, conv/fc activations) are 8-bit; float files have none."""
+    _, manifest = exported
+    for e in manifest["artifacts"]:
+        if e["status"] != "ok":
+            continue
+        info = e["inspect"]
+        if e["precision"] == "int8" and e["format"] != "coreml":
+            kept = e["details"]["quantization"].get("allowed_float_compute_ops", 0)
+            assert info["compute_ops_float_activations"] <= kept
+            assert info["compute_ops_int8_activations"] > 0
+        if e["precision"] in ("int8", "dynamic-int8") and e["format"] != "coreml":
+            assert info["weights_int8_fraction"] >= 0.9
+        if e["format"] == "coreml" and e["precision"] == "int8":
+            assert info["quantized_weight_ops"] > 0 and any("INT8" in k for k in info["weight_dtypes"])
+        if e["format"] == "tflite":
+            assert info["transposes"] == 0  # NHWC end to end
+            assert info["input"]["shape"][-1] == 3 and info["input"]["dtype"] == "float32"
+            if e["precision"] in ("fp32", "fp16"):
+                assert info["compute_ops_int8_activations"] == 0
+
+
+def test_int8_graph_is_fully_delegated_to_xnnpack(exported):
+    """No HARD_SWISH / RELU_0_TO_1 fallbacks: the whole int8 graph is one XNNPACK partition."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if not _available("tflite-int8"):
+        pytest.skip("converter not installed")
+    run_dir, manifest = exported
+    for name in ("tflite", "tflite-int8"):
+        it = Interpreter(model_path=str(run_dir / _entry(manifest, name)["path"]), num_threads=1)
+        it.allocate_tensors()
+        ops = [o["op_name"] for o in it._get_ops_details()]
+        assert "RELU_0_TO_1" not in ops
+        if name == "tflite-int8":
+            assert "HARD_SWISH" not in ops
+        assert ops.count("DELEGATE") == 1, f"{name}: {ops.count('DELEGATE')} XNNPACK partitions"
+
+
+def test_report_has_the_exports_section(exported):
+    run_dir, _ = exported
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert rep["exports"]["manifest"] == "exports/manifest.json"
+    assert {a["name"] for a in rep["exports"]["artifacts"]} == set(ALL)
+
+
+# ---------------------------------------------------------------------------------------------
+# failures: corrupted artifact, converter error, missing converter, CLI
+
+
+def _corrupt_onnx(path: Path) -> None:
+    """Scale the classifier's last layer weights: a structurally valid file with wrong numbers."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    gemm = [n for n in m.graph.node if n.op_type == "Gemm"][-1]
+    inits = {i.name: i for i in m.graph.initializer}
+    w = inits[gemm.input[1]]
+    arr = numpy_helper.to_array(w)
+    rng = np.random.default_rng(0)
+    w.CopyFrom(numpy_helper.from_array(rng.permutation(arr.reshape(-1)).reshape(arr.shape).astype(arr.dtype), w.name))
+    onnx.save(m, str(path))
+
+
+def test_corrupted_artifact_fails_the_gate(export_run, tmp_path, monkeypatch):
+    from export import converters
+    from export.api import run_export
+    from pipeline.rundir import RunDir
+
+    run = RunDir(_copy_run(export_run, tmp_path / "run"))
+    original = converters.CONVERTERS["onnx_fp32"]
+
+    def corrupted(ctx, spec, out, meta):
+        info = original(ctx, spec, out, meta)
+        _corrupt_onnx(out)
+        return info
+
+    monkeypatch.setitem(converters.CONVERTERS, "onnx_fp32", corrupted)
+    with pytest.raises(GateFailed, match=r"onnx parity gate missed \(top-1 agreement"):
+        run_export(run, run.config(), ["onnx"])
+    manifest = json.loads(run.path("exports", "manifest.json").read_text())  # written before raising
+    e = _entry(manifest, "onnx")
+    assert e["status"] == "failed" and e["parity"]["status"] == "failed"
+    assert "agreement" in e["reason"]
+    assert (run.root / e["path"]).exists()  # kept for inspection, labelled failed
+
+
+def test_parity_check_catches_a_corrupted_tflite_file(exported, tmp_path):
+    """Bytes changed after export: the runtime still loads it, parity says no."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    from export.parity import apply_gate, load_runtime, parity_metrics
+    from pipeline.data import load_split
+    from pipeline.rundir import RunDir
+    from pipeline.stages import eval_tensor, load_student
+    import flatbuffers
+    import torch
+
+    if not _available("tflite"):
+        pytest.skip("converter not installed")
+    run_dir, manifest = exported
+    src = run_dir / _entry(manifest, "tflite")["path"]
+    model = fb.ModelT.InitFromPackedBuf(bytearray(src.read_bytes()), 0)
+    sub = model.subgraphs[0]
+    fc = [op for op in sub.operators if model.operatorCodes[op.opcodeIndex].builtinCode == fb.BuiltinOperator.FULLY_CONNECTED][-1]
+    buf = model.buffers[sub.tensors[fc.inputs[1]].buffer]
+    w = np.frombuffer(bytes(buf.data), np.float32).copy()
+    buf.data = np.frombuffer(np.random.default_rng(1).permutation(w).tobytes(), np.uint8)
+    b = flatbuffers.Builder(0)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(bytes(b.Output()))
+
+    run = RunDir(run_dir)
+    cfg = run.config()
+    data = load_split(run)
+    x = eval_tensor(run, data, cfg, "test").numpy()
+    with torch.no_grad():
+        ref = load_student(cfg, run, len(data.classes))(torch.from_numpy(x)).numpy()
+    m = parity_metrics(ref, load_runtime(bad, 1)(x), data.labels("test"))
+    status, why = apply_gate(m, gate_for(FORMATS["tflite"]))
+    assert status == "failed" and "agreement" in why[0]
+
+
+def test_converter_error_leaves_no_file_and_a_reason(export_run, tmp_path, monkeypatch):
+    from export import converters
+    from export.api import run_export
+    from pipeline.rundir import RunDir
+
+    run = RunDir(_copy_run(export_run, tmp_path / "run"))
+    stale = run.path("exports", "onnx")
+    stale.mkdir(parents=True)
+    (stale / "model.onnx").write_bytes(b"old")
+
+    def broken(ctx, spec, out, meta):
+        out.write_bytes(b"half a model")
+        raise RuntimeError("converter exploded\nsecond line")
+
+    monkeypatch.setitem(converters.CONVERTERS, "onnx_fp32", broken)
+    with pytest.raises(GateFailed, match="onnx export failed"):
+        run_export(run, run.config(), ["onnx"])
+    e = _entry(json.loads(run.path("exports", "manifest.json").read_text()), "onnx")
+    assert e["status"] == "failed" and e["reason"] == "RuntimeError: converter exploded"
+    assert e["path"] is None and e["sha256"] is None
+    assert not stale.exists()
+    assert not [p for p in run.path("exports").iterdir() if p.name != "manifest.json"]
+
+
+def test_missing_converter_is_skipped_with_a_reason(export_run, tmp_path, monkeypatch):
+    import export.formats as formats
+    from export.api import run_export
+    from pipeline.rundir import RunDir
+
+    run = RunDir(_copy_run(export_run, tmp_path / "run"))
+    real = formats.module_available
+    monkeypatch.setattr(formats, "module_available", lambda m: False if m in ("coremltools", "onnx2tf") else real(m))
+    manifest = run_export(run, run.config(), ["onnx", "tflite-int8", "coreml"])
+    by = {a["name"]: a for a in manifest["artifacts"]}
+    assert by["onnx"]["status"] == "ok"
+    for name, mod, extra in (("coreml", "coremltools", "coreml"), ("tflite-int8", "onnx2tf", "tflite")):
+        assert by[name]["status"] == "skipped"
+        assert by[name]["reason"] == (f"converter not available: {mod} not importable (pip install 'edgekd[{extra}]')")
+        assert by[name]["path"] is None and by[name]["parity"] is None
+    assert not run.path("exports", "coreml").exists()
+
+
+def test_cli_export(export_run, tmp_path, capsys):
+    from pipeline.cli import main
+
+    run_dir = _copy_run(export_run, tmp_path / "run")
+    assert main(["export", str(run_dir), "--formats", "onnx", "--set", "export.parity_images=5"]) == 0
+    manifest = json.loads((run_dir / "exports" / "manifest.json").read_text())
+    assert [a["name"] for a in manifest["artifacts"]] == ["onnx"] and manifest["parity_images"] == 5
+    assert main(["export", str(run_dir), "--formats", "onnx,tflite-int9"]) == 2
+    assert "did you mean 'tflite-int8'" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope")]) == 2
+
+
+def test_cli_gate_failure_exits_3(export_run, tmp_path, capsys):
+    from pipeline.cli import main
+
+    run_dir = _copy_run(export_run, tmp_path / "run")
+    # an impossible gate (agreement > 100%) is rejected as bad config ...
+    assert main(["export", str(run_dir), "--formats", "onnx", "--set", "export.gates.fp32_agreement=1.5"]) == 2
+    # ... an unreachable accuracy gate is a gate failure naming artifact and figure
+    assert main(["export", str(run_dir), "--formats", "onnx", "--set", "export.gates.fp32_accuracy_drop=-1"]) == 3
+    err = capsys.readouterr().err
+    assert "onnx parity gate missed (accuracy drop" in err
+
+
+def test_tflite_runner_quantizes_int8_inputs(tmp_path):
+    """load_runtime handles int8-I/O TFLite files (quantize input, dequantize output) and NHWC layout."""
+    import tensorflow as tf
+
+    from export.parity import load_runtime
+
+    w = tf.constant(np.random.default_rng(0).normal(0, 0.5, (3, 4)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 6, 6, 3], tf.float32)])
+    def f(x):
+        return tf.matmul(tf.reduce_mean(x, axis=[1, 2]), w)
+
+    def rep():
+        r = np.random.default_rng(1)
+        for _ in range(16):
+            yield [r.normal(0, 1, (1, 6, 6, 3)).astype(np.float32)]
+
+    c = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = rep
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = tf.int8
+    c.inference_output_type = tf.int8
+    p = tmp_path / "m.tflite"
+    p.write_bytes(c.convert())
+    x = np.random.default_rng(2).normal(0, 1, (5, 3, 6, 6)).astype(np.float32)  # NCHW in
+    got = load_runtime(p, 1)(x)
+    ref = x.mean(axis=(2, 3)) @ w.numpy()
+    assert got.dtype == np.float32 and got.shape == (5, 4)
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max() + 0.05
+
+
+def test_module_available():
+    assert module_available("numpy") and not module_available("no_such_module_edgekd")
