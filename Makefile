@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # Page-fault storms made fresh models 2-3x slower on CPU (shared/NOTES.md); keep freed memory mapped.
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
+# Idle OpenMP threads sleep instead of spinning: spinning collapses throughput on busy cores.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: venv demo full test test-fast clean
 

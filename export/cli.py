@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 def cmd_export(args) -> int:
     from export.api import run_export
-    from export.formats import resolve_formats
+    from export.formats import check_gate_keys, resolve_formats
     from pipeline.cli import _apply_threads, _deep_merge
     from pipeline.config import load_config, parse_set
     from pipeline.rundir import RunDir
@@ -38,7 +38,9 @@ def cmd_export(args) -> int:
     base = run.config()
     cfg = load_config(None, base.preset, _deep_merge(base.model_dump(mode="json"), parse_set(args.overrides)))
     formats = [s.name for s in resolve_formats(args.formats)] if args.formats else None  # fail fast on a typo
-    if args.overrides:
+    resolve_formats(cfg.export.formats)
+    check_gate_keys(cfg.export.gates)
+    if args.overrides:  # validated: keep them with the run like `edgekd distill --set` does
         run.save_config(cfg)
     _apply_threads(cfg)
     run_export(run, cfg, formats)

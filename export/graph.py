@@ -33,17 +33,26 @@ class HardSwishUnfused(nn.Module):
         return (x * (1.0 / 6.0)) * F.relu6(x + 3.0)
 
 
-def _swap(module: nn.Module, hardswish: bool) -> int:
+class HardSwishUnfused4d(nn.Module):
+    """Hard-swish after a Linear, computed on an (N, C, 1, 1) view: on the 2-D tensor the converter folds
+    the +3 and the 1/6 into extra copies of the preceding FULLY_CONNECTED (3 instead of 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.reshape(x.shape[0], -1, 1, 1)
+        return ((y * (1.0 / 6.0)) * F.relu6(y + 3.0)).flatten(1)
+
+
+def _swap(module: nn.Module, hardswish: bool, in_classifier: bool = False) -> int:
     n = 0
     for name, child in module.named_children():
         if isinstance(child, nn.Hardsigmoid):
             setattr(module, name, HardSigmoidRelu6())
             n += 1
         elif hardswish and isinstance(child, nn.Hardswish):
-            setattr(module, name, HardSwishUnfused())
+            setattr(module, name, HardSwishUnfused4d() if in_classifier else HardSwishUnfused())
             n += 1
         else:
-            n += _swap(child, hardswish)
+            n += _swap(child, hardswish, in_classifier or name == "classifier")
     return n
 
 

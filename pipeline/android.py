@@ -32,6 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pipeline.errors import EdgekdError
+from pipeline.rundir import atomic_write_bytes, sha256_file
 
 MODEL_SCHEMA = "edgekd.model/1"
 GOLDEN_SCHEMA = "edgekd.golden/1"
@@ -54,14 +55,6 @@ class BuildUnavailable(EdgekdError):
 
 # -- hashing and atomic copies ------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _atomic_copy(src: Path, dst: Path, sha256: str) -> None:
     """Copy through a temp file beside dst, hash what was written, rename only if it matches."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -79,20 +72,6 @@ def _atomic_copy(src: Path, dst: Path, sha256: str) -> None:
                               f"expected {sha256[:12]}, wrote {h.hexdigest()[:12]}")
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary project files
         os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -189,7 +168,7 @@ def check_bundle(model_path: Path, expected_sha: Optional[str] = None) -> dict:
     model_path = Path(model_path)
     if not model_path.is_file():
         raise EdgekdError(f"model file not found: {model_path}")
-    actual = _sha256(model_path)
+    actual = sha256_file(model_path)
     if expected_sha and actual != expected_sha:
         raise EdgekdError(f"sha256 mismatch for {model_path}: manifest says {expected_sha[:12]}, file has {actual[:12]}")
     meta = _read_model_json(model_path.parent / "model.json")
@@ -357,9 +336,9 @@ def write_golden(model_path: Path, meta: dict, out_dir: Path, count: int, run_di
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, rec in records:
-        _atomic_write(out_dir / name, (json.dumps(rec) + "\n").encode())
+        atomic_write_bytes(out_dir / name, (json.dumps(rec) + "\n").encode())
         written.append(out_dir / name)
-    _atomic_write(out_dir / "index.txt", "".join(f"{p.name}\n" for p in written).encode())
+    atomic_write_bytes(out_dir / "index.txt", "".join(f"{p.name}\n" for p in written).encode())
     keep = {p.name for p in written} | {"index.txt"}
     for stale in out_dir.glob("*.json"):
         if stale.name not in keep:
@@ -444,7 +423,7 @@ def install(run_dir: Path, app: Path, precision: str = "int8", build: bool = Fal
     _atomic_copy(model_path, assets / model_name, meta["sha256"])
     for extra in ("labels.txt", "model.json"):  # model.json last: it names the hash the app expects
         src = model_path.parent / extra
-        _atomic_copy(src, assets / extra, _sha256(src))
+        _atomic_copy(src, assets / extra, sha256_file(src))
 
     golden = write_golden(assets / model_name, meta, app / GOLDEN, golden_count, run_dir, prefix=art.get("name", "golden"))
     result: dict[str, Any] = {

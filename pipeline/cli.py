@@ -94,6 +94,8 @@ def run_stages(cfg, run, stages: list[str], resume: bool) -> None:
     data = st.stage_data(cfg, run) if "data" in stages else st.load_split(run)
     if "teacher" in stages:
         st.stage_teacher(cfg, run, data, resume=resume)
+    elif set(stages) & {"soft_labels", "student", "evaluate"}:
+        st.check_teacher_current(cfg, run, data)
     if "soft_labels" in stages:
         st.stage_soft_labels(cfg, run, data)
     for kind in st.STUDENT_KINDS:

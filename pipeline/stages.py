@@ -69,11 +69,14 @@ def train_data(run: RunDir, data: DataSplit, cfg: Config, teacher_logits: Option
         teacher_logits=teacher_logits, num_classes=len(data.classes))
 
 
-def _spec_common(cfg: Config) -> dict:
+def _spec_common(cfg: Config, teacher: bool = False) -> dict:
+    """Training settings shared by the three trainings. The teacher is fine-tuned without mixup or
+    label smoothing, so tuning those for the student does not retrain the teacher."""
     t = cfg.train
     return dict(batch_size=t.batch_size, weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs,
-                label_smoothing=t.label_smoothing, mixup=t.mixup, crop_scale=tuple(t.crop_scale), seed=t.seed,
-                balance=cfg.data.balance, channels_last=t.channels_last, amp=t.amp)
+                label_smoothing=0.0 if teacher else t.label_smoothing, mixup=0.0 if teacher else t.mixup,
+                crop_scale=tuple(t.crop_scale), seed=t.seed, balance=cfg.data.balance,
+                channels_last=t.channels_last, amp=t.amp)
 
 
 def _preproc_key(cfg: Config) -> dict:
@@ -114,7 +117,15 @@ def _teacher_fp(cfg: Config, data: DataSplit) -> str:
     wfile = Path(t.weights).expanduser() if t.weights else None
     wsig = sha256_file(wfile) if wfile is not None and wfile.is_file() else t.weights
     return fingerprint("teacher", t.model_dump(mode="json"), src, wsig, data.fingerprint, _preproc_key(cfg),
-                       _spec_common(cfg))
+                       _spec_common(cfg, teacher=True))
+
+
+def check_teacher_current(cfg: Config, run: RunDir, data: DataSplit) -> None:
+    """Stages downstream of the teacher refuse to run on a teacher built from other settings."""
+    recorded = run.stage_fingerprint("teacher")
+    if recorded and recorded != _teacher_fp(cfg, data):
+        raise EdgekdError(f"the teacher settings or data changed since the teacher stage ran; "
+                          f"run `edgekd teacher {run.root}` first (or `edgekd run` for everything)")
 
 
 def load_teacher(cfg: Config, run: RunDir, num_classes: int) -> nn.Module:
@@ -155,7 +166,8 @@ def stage_teacher(cfg: Config, run: RunDir, data: DataSplit, resume: bool = Fals
         _, head = classifier_of(model)
         spec = TrainSpec(name="teacher", out_dir=run.path("teacher"), epochs=t.head_epochs + t.epochs, lr=t.lr,
                          head_epochs=t.head_epochs, head=head,
-                         freeze_blocks=feature_blocks(model)[: t.freeze_blocks], fingerprint=fp, **_spec_common(cfg))
+                         freeze_blocks=feature_blocks(model)[: t.freeze_blocks], fingerprint=fp,
+                         **_spec_common(cfg, teacher=True))
         res = train_model(model, spec, train_data(run, data, cfg), resolve_device(cfg.train.device), resume=resume,
                           num_workers=cfg.train.num_workers)
         history = {"best_epoch": res.best_epoch, "best_val_accuracy": res.best_val_accuracy, "seconds": res.seconds}

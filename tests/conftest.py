@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("EDGEKD_QUIET", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see pipeline/cli.py)
 
 TINY_OVERRIDES = [
     "data.image_size=32", "teacher.arch=efficientnet_lite0", "teacher.head_epochs=1", "teacher.epochs=1",
