@@ -13,7 +13,6 @@ export OMP_WAIT_POLICY := PASSIVE
 
 $(BIN)/edgekd: requirements/lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# torch first, from the pinned pair, so no package drags in another torch build
 	$(BIN)/pip install -q $$(grep -E '^(torch|torchvision)==' requirements/lock.txt)
 	$(BIN)/pip install -q -r requirements/lock.txt

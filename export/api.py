@@ -37,6 +37,9 @@ MANIFEST_SCHEMA = "edgekd.exports/1"
 # Optional knobs: read from cfg.export when the lead adds them as fields, else these defaults.
 OPTION_DEFAULTS: dict[str, Any] = {
     "int8_target_agreement": 0.98,  # calibration-set agreement below which sensitive layers are kept float
+    "int8_max_float_layers": 4,  # most compute layers int8 artifacts may keep float (0: none)
+    "int8_mse_fraction": 0.05,  # ... stop once calibration logit MSE is below this share of all-int8's
+    "int8_scan_images": 64,  # calibration images used by the sensitivity scan
     "onnx_int8_activations": "uint8",  # "uint8" (U8S8, onnxruntime's x86 fast path) or "int8"
     "onnx_int8_calibration": "minmax",  # "minmax" | "percentile" | "entropy"
     "onnx_exporter": "torchscript",  # "torchscript" (fast here) | "dynamo"
@@ -176,6 +179,7 @@ def export_one(ctx, spec: FormatSpec, *, exports_dir: Path, run_root: Path, x: n
     missing = spec.missing_modules()
     if missing:
         entry.update(status="skipped", reason=_missing_reason(spec, missing))
+        shutil.rmtree(final, ignore_errors=True)  # an older file would contradict the manifest
         log(f"export: {spec.name} skipped: {entry['reason']}")
         return entry
     tmpdir = exports_dir / f".{spec.name}.tmp-{os.getpid()}"
@@ -242,8 +246,15 @@ def export_one(ctx, spec: FormatSpec, *, exports_dir: Path, run_root: Path, x: n
             entry["reason"] = f"parity gate missed: {'; '.join(par.get('failed', []))}"
         _log_entry(entry)
         return entry
+    except ImportError as e:  # a converter present but not importable (broken install): skipped, not a crash
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+        entry.update(status="skipped", reason=f"converter not available: {type(e).__name__}: {_short(e)}",
+                     path=None, sha256=None, size_bytes=None, parity=None)
+        log(f"export: {spec.name} skipped: {entry['reason']}")
+        return entry
     except Exception as e:  # a converter problem: no file left behind, a clear reason in the manifest
-        short = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
+        short = _short(e)
         entry.update(status="failed", reason=f"{type(e).__name__}: {short}" if not isinstance(e, EdgekdError) else short,
                      path=None, sha256=None, size_bytes=None)
         entry["traceback_tail"] = traceback.format_exc().strip().splitlines()[-6:]
@@ -255,6 +266,10 @@ def export_one(ctx, spec: FormatSpec, *, exports_dir: Path, run_root: Path, x: n
     finally:
         if tmpdir.exists():
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _short(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
 
 
 def _log_entry(e: dict) -> None:

@@ -27,7 +27,7 @@ from export.graph import xnnpack_friendly
 from pipeline.errors import EdgekdError
 from pipeline.progress import log
 
-ONNX_OPSET = 20  # the shipped ONNX file (dynamo exporter)
+ONNX_OPSET = 20  # the shipped ONNX file
 ONNX2TF_OPSET = 17  # the intermediate graph fed to onnx2tf (TorchScript exporter, batch 1)
 
 
@@ -354,22 +354,67 @@ def _ort_logits_model(model, x: np.ndarray, threads: int) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
 
 
-def onnx_sensitivity(qpath: Path, fpath: Path, x: np.ndarray, ref: np.ndarray, threads: int) -> list[tuple[str, float]]:
-    """Per compute node: logit MSE vs PyTorch when only that node runs in float (lower = more sensitive)."""
-    import onnx
+def _greedy_float_layers(q, f, x: np.ndarray, ref: np.ndarray, threads: int, budget: int, target: float,
+                         mse_fraction: float, shortlist: int = 12) -> dict:
+    """Forward selection of the compute layers to keep float, by logit MSE vs PyTorch on calibration images.
 
-    q = onnx.load(str(qpath))
-    f = onnx.load(str(fpath))
-    out = []
+    Nothing is kept float when the all-int8 model already meets `target` agreement with a logit MSE below
+    1e-3 of the logits' variance. Otherwise step 1 scans every compute layer alone in float (Q/DQ bypassed:
+    no re-quantization) and later steps try the `shortlist` best single layers on top of those chosen,
+    until the agreement target is met with the MSE below 1e-3 of the variance or below `mse_fraction` of
+    the all-int8 MSE, or `budget` layers are float."""
+    base = _ort_logits_model(q, x, threads)
+    state = {"mse": _logit_mse(base, ref), "agreement": agreement(base, ref)}
+    base_mse = state["mse"]
+    var = float(np.var(ref)) or 1.0
+    steps = [{"kept_float": [], "calibration_mse": round(base_mse, 6), "calibration_agreement": round(state["agreement"], 4),
+              "relative_mse": round(base_mse / var, 6)}]
+    chosen: list[str] = []
+
+    def good_enough() -> bool:  # agreement target met and the logit error small (30 dB) or much reduced
+        return state["agreement"] >= target and (state["mse"] <= 1e-3 * var or
+                                                 (chosen and state["mse"] <= mse_fraction * base_mse))
+
+    if good_enough() or budget <= 0:
+        return {"chosen": chosen, "steps": steps, "ranked": []}
+    single = []
     for name in _compute_nodes(q):
-        out.append((name, _logit_mse(_ort_logits_model(_bypass_qdq(q, f, {name}), x, threads), ref)))
-    return sorted(out, key=lambda t: t[1])
+        lg = _ort_logits_model(_bypass_qdq(q, f, {name}), x, threads)
+        single.append((_logit_mse(lg, ref), name, agreement(lg, ref)))
+    single.sort()
+    short = [n for _, n, _ in single[:shortlist]]
+    while len(chosen) < budget and not good_enough():
+        if not chosen:
+            mse, name, agree = single[0]
+        else:
+            best = None
+            for name in short:
+                if name in chosen:
+                    continue
+                lg = _ort_logits_model(_bypass_qdq(q, f, set(chosen) | {name}), x, threads)
+                cand = (_logit_mse(lg, ref), name, agreement(lg, ref))
+                if best is None or cand[0] < best[0]:
+                    best = cand
+            if best is None:
+                break
+            mse, name, agree = best
+        chosen.append(name)
+        state.update(mse=mse, agreement=agree)
+        steps.append({"kept_float": list(chosen), "calibration_mse": round(mse, 6),
+                      "calibration_agreement": round(agree, 4), "relative_mse": round(mse / var, 6)})
+    return {"chosen": chosen, "steps": steps, "ranked": [(n, round(m, 6)) for m, n, _ in single[:shortlist]]}
 
 
-def onnx_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
-    """Static QDQ quantization: int8 per-channel weights, 8-bit activations calibrated on training images.
-    If the calibration-set agreement with the PyTorch student is below target, sensitive layers are kept
-    float in escalating steps (see _onnx_fallback_plan); the choice is recorded in the manifest."""
+def int8_plan(ctx: ExportContext) -> dict:
+    """The ONNX int8 model and the layers kept float (shared by onnx-int8 and tflite-int8; cached).
+
+    Static QDQ quantization: int8 symmetric per-channel weights, 8-bit per-tensor activations (uint8 by
+    default: onnxruntime's fast U8S8 path on x86) calibrated on training images; the layer writing the
+    logits keeps a float output (quantized logits clip at the calibration range: measured 4.8 -> 1.95).
+    Sensitive layers are then kept float by _greedy_float_layers (at most `int8_max_float_layers`)."""
+    if "int8_plan" in ctx._cache:
+        return ctx._cache["int8_plan"]
+    import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
 
@@ -381,62 +426,72 @@ def onnx_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
         except Exception as e:  # pre-processing is an optimisation, not a requirement
             log(f"export: onnx quant_pre_process failed ({_first_line(e)}); quantizing the plain graph")
             shutil.copyfile(src, pre)
-    import onnx
-
     act = QuantType.QUInt8 if ctx.options.get("onnx_int8_activations", "uint8") == "uint8" else QuantType.QInt8
     g = onnx.load(str(pre), load_external_data=False).graph
     outs = {o.name for o in g.output}
-    # The layer writing the logits keeps int8 weights and inputs but a float output: quantizing the logits
-    # would clip any logit beyond the calibration images' range (measured: 4.8 -> 1.95 on a test image).
     out_ops = sorted({n.op_type for n in g.node if any(o in outs for o in n.output)})
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[ctx.options.get("onnx_int8_calibration", "minmax")]
     target = float(ctx.options.get("int8_target_agreement", 0.98))
+    budget = int(ctx.options.get("int8_max_float_layers", 4))
     cache = ctx.work / f"ort_calibration_{method.name}.json"
-    sess_name = _ort_session(pre, 1).get_inputs()[0].name
-    reader = lambda: _CalibReader(ctx.calib, sess_name)  # noqa: E731
+    name = _ort_session(pre, 1).get_inputs()[0].name
 
-    def quantize(exclude: list[str], dst: Path) -> float:
+    def quantize(exclude: list[str], dst: Path) -> None:
         with _quiet_stdout():
-            quantize_static(str(pre), str(dst), reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
-                            nodes_to_exclude=exclude, calibration_cache_path=str(cache),
+            quantize_static(str(pre), str(dst), _CalibReader(ctx.calib, name), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
+                            calibrate_method=method, nodes_to_exclude=exclude, calibration_cache_path=str(cache),
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                            "OpTypesToExcludeOutputQuantization": out_ops})
-        return agreement(_ort_logits(dst, ctx.calib, ctx.threads), ctx.calib_logits)
 
     full = ctx.work / "student.int8.full.onnx"
-    agree = quantize([], full)
-    tried = [{"kept_float": [], "calibration_agreement": round(agree, 4)}]
-    best = (agree, full, [])
-    max_float = int(ctx.options.get("int8_max_float_layers", 6))
-    if agree < target and max_float > 0:
-        # sensitivity scan: which single layer, kept float, brings the logits closest to PyTorch's
-        ranked = onnx_sensitivity(full, pre, ctx.calib[:64], ctx.calib_logits[:64], ctx.threads)
-        k = 1
-        while k <= max_float:
-            exclude = [name for name, _ in ranked[:k]]
-            cand = ctx.work / f"student.int8.float{k}.onnx"
-            a = quantize(exclude, cand)
-            tried.append({"kept_float": exclude, "calibration_agreement": round(a, 4)})
-            if a > best[0] + 1e-9:
-                best = (a, cand, exclude)
-            if a >= target:
-                break
-            k = k * 2 if k * 2 <= max_float or k == max_float else max_float
-    shutil.copyfile(best[1], out)
-    md.embed_onnx(out, meta)
+    quantize([], full)
+    n_scan = min(len(ctx.calib), int(ctx.options.get("int8_scan_images", 64)))
+    t0 = time.time()
+    sel = _greedy_float_layers(onnx.load(str(full)), onnx.load(str(pre)), ctx.calib[:n_scan],
+                               ctx.calib_logits[:n_scan], ctx.threads, budget, target,
+                               float(ctx.options.get("int8_mse_fraction", 0.05)))
+    chosen = sel["chosen"]
+    model = full
+    if chosen:
+        model = ctx.work / "student.int8.mixed.onnx"
+        quantize(chosen, model)
+    logits = _ort_logits(model, ctx.calib, ctx.threads)
+    pre_model = onnx.load(str(pre), load_external_data=False)
+    compute = _compute_nodes(pre_model)
+    inits = {i.name: list(i.dims) for i in pre_model.graph.initializer}
+    wshape = {n.name: inits.get(n.input[1]) for n in pre_model.graph.node if n.name in set(compute)}
+    plan = {
+        "model": model,
+        "kept_float": chosen,
+        "kept_float_index": [compute.index(c) for c in chosen if c in compute],
+        "compute_layers": len(compute),
+        "compute_weight_shapes": [wshape.get(c) for c in compute],
+        "info": {"weights": "int8 symmetric per-channel", "activations": f"{act.name} per-tensor",
+                 "calibration": f"{method.name} on {len(ctx.calib)} training images",
+                 "float_output": f"{', '.join(out_ops)} writing the logits (no clipping to the calibration range)",
+                 "kept_float": chosen or "none",
+                 "selection": {"method": "greedy by calibration logit MSE vs PyTorch (Q/DQ bypass)",
+                               "images": n_scan, "budget": budget, "target_agreement": target,
+                               "steps": sel["steps"], "seconds": round(time.time() - t0, 1)},
+                 "calibration_agreement": round(agreement(logits, ctx.calib_logits), 4),
+                 "calibration_mse": round(_logit_mse(logits, ctx.calib_logits), 6)},
+    }
+    ctx._cache["int8_plan"] = plan
+    return plan
+
+
+def onnx_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    """int8_plan's QDQ model with metadata (see int8_plan)."""
     import onnx
 
+    plan = int8_plan(ctx)
+    shutil.copyfile(plan["model"], out)
+    md.embed_onnx(out, meta)
     onnx.checker.check_model(str(out), full_check=False)
     return {"converter": "onnxruntime.quantization.quantize_static (QDQ)", "opset": ONNX_OPSET,
-            "quantization": {"weights": "int8 symmetric per-channel", "activations": f"{act.name} per-tensor",
-                             "calibration": f"{method.name} on {len(ctx.calib)} training images",
-                             "float_output": f"{', '.join(out_ops)} writing the logits (no clipping to the "
-                                             "calibration range)",
-                             "kept_float": best[2] or "none", "allowed_float_compute_ops": len(best[2]),
-                             "calibration_agreement": round(best[0], 4), "tried": tried,
-                             "target_calibration_agreement": target}}
+            "quantization": {**plan["info"], "allowed_float_compute_ops": len(plan["kept_float"])}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,9 +556,37 @@ def _tflite_run(content: bytes, x_nhwc: np.ndarray, threads: int) -> np.ndarray:
     return run(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
 
 
+def _tflite_compute_ops(content: bytes) -> list[dict]:
+    """CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED in execution order: op, output tensor name, weight shape."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_content=content,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    t = {d["index"]: d for d in it.get_tensor_details()}
+    return [{"op": o["op_name"], "name": t[o["outputs"][0]]["name"], "weight": [int(v) for v in t[o["inputs"][1]]["shape"]]}
+            for o in it._get_ops_details() if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+
+
+def _same_layer(onnx_shape: Optional[list], tfl: dict) -> bool:
+    """ONNX Conv [O, I/g, kh, kw] / Gemm [O, I] vs TFLite CONV_2D [O, kh, kw, I], DEPTHWISE [1, kh, kw, O], FC [O, I]."""
+    if not onnx_shape:
+        return False
+    w = tfl["weight"]
+    if tfl["op"] == "FULLY_CONNECTED":
+        return len(onnx_shape) == 2 and list(onnx_shape) == w
+    if len(onnx_shape) != 4 or len(w) != 4:
+        return False
+    o, i, kh, kw = onnx_shape
+    if tfl["op"] == "DEPTHWISE_CONV_2D":
+        return i == 1 and w == [1, kh, kw, o]
+    return w == [o, kh, kw, i]
+
+
 def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
     """Full-integer: int8 weights (per-channel) and activations, float32 input/output (QUANTIZE/DEQUANTIZE
-    at the ends, run by XNNPACK), on the XNNPACK-friendly graph (export/graph.py)."""
+    at the ends, run by XNNPACK), on the XNNPACK-friendly graph (export/graph.py). The layers int8_plan keeps
+    float (chosen on the ONNX graph by calibration logit MSE) are matched to the TFLite ops by execution
+    order and weight shape and kept float with the TFLite quantization debugger's denylist."""
     import tensorflow as tf
 
     rep = _representative(ctx)
@@ -516,14 +599,41 @@ def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
         c.inference_output_type = tf.float32
 
     content = _tflite_convert(ctx, True, cfg)
+    full_agree = agreement(_tflite_run(content, ctx.calib_nhwc, ctx.threads), ctx.calib_logits)
+    kept, note = [], None
+    plan = int8_plan(ctx) if ctx.options.get("int8_max_float_layers", 4) else None
+    if plan and plan["kept_float"]:
+        ops = _tflite_compute_ops(content)
+        shapes = plan["compute_weight_shapes"]
+        if len(ops) != len(shapes) or not all(_same_layer(shapes[i], ops[i]) for i in plan["kept_float_index"]):
+            note = (f"could not match the ONNX layers kept float to TFLite ops ({len(ops)} vs {len(shapes)} "
+                    "compute ops); all layers int8")
+        else:
+            names = [ops[i]["name"] for i in plan["kept_float_index"]]
+            try:
+                sm = ctx.saved_model(int8=True)
+                conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
+                conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+                cfg(conv)
+                opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names)
+                with _quiet_stdout():
+                    dbg = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=rep, debug_options=opts)
+                    mixed = dbg.get_nondebug_quantized_model()
+                content = mixed
+                kept = [f"{ops[i]['op']} #{i} ({plan['kept_float'][k]})" for k, i in enumerate(plan["kept_float_index"])]
+            except Exception as e:
+                note = f"selective quantization failed ({_first_line(e)}); all layers int8"
     agree = agreement(_tflite_run(content, ctx.calib_nhwc, ctx.threads), ctx.calib_logits)
     _write_tflite(content, out, meta)
+    q = {"weights": "int8 symmetric per-channel", "activations": "int8 per-tensor", "io": "float32",
+         "calibration": f"{len(ctx.calib)} training images", "kept_float": kept or "none",
+         "allowed_float_compute_ops": len(kept), "calibration_agreement": round(agree, 4),
+         "calibration_agreement_all_int8": round(full_agree, 4)}
+    if note:
+        q["note"] = note
     return {"converter": "onnx2tf -> tf.lite.TFLiteConverter (full integer)",
             "graph": "hard-swish as (x/6)*relu6(x+3), hard-sigmoid as relu6(x+3)/6 (XNNPACK-delegated)",
-            "onnx2tf_strict_mode": ctx._cache.get("saved_model_int8_strict"),
-            "quantization": {"weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
-                             "io": "float32", "calibration": f"{len(ctx.calib)} training images",
-                             "kept_float": "none", "calibration_agreement": round(agree, 4)}}
+            "onnx2tf_strict_mode": ctx._cache.get("saved_model_int8_strict"), "quantization": q}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -99,6 +99,57 @@ def bench(models: dict[str, bytes], threads: int, rounds: int, per_round: int = 
                 "cpu_p50": float(np.median(cpu[k]))} for k in its}
 
 
+def onnx_variants(size: int, work: Path) -> dict[str, Path]:
+    """The export stage's ONNX fp32 and QDQ int8 (uint8 and int8 activations) of the same model."""
+    import export.converters as conv
+    from export import metadata as md
+    from export.formats import FORMATS
+
+    bn = _elpv_images(64, size, 0)
+    calib = _elpv_images(64, size, 64)
+    model = _model(size, bn)
+    out = {}
+    for act in ("uint8", "int8"):
+        ctx = conv.ExportContext(model=model, arch="mobilenet_v3_small", labels=list("abcd"), image_size=size,
+                                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), calib=calib,
+                                 work=work / f"onnx-{act}", threads=1, source_sha256="-",
+                                 options={"onnx_int8_activations": act, "int8_max_float_layers": 0})
+        meta = md.model_json(spec=FORMATS["onnx-int8"], arch="x", labels=list("abcd"), height=size, width=size,
+                             mean=ctx.mean, std=ctx.std, source_sha256="-")
+        if act == "uint8":
+            out["onnx fp32"] = ctx.onnx_fp32()
+        p = work / f"int8-{act}.onnx"
+        conv.onnx_int8(ctx, FORMATS["onnx-int8"], p, meta)
+        out[f"onnx int8 QDQ ({'U8S8' if act == 'uint8' else 'S8S8'})"] = p
+    return out
+
+
+def bench_ort(models: dict[str, Path], threads: int, rounds: int, size: int, per_round: int = 5) -> dict[str, dict]:
+    import onnxruntime as ort
+
+    sessions = {}
+    for name, p in models.items():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sessions[name] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+    x = {"input": np.zeros((1, 3, size, size), np.float32)}
+    for s in sessions.values():
+        for _ in range(5):
+            s.run(None, x)
+    wall = {k: [] for k in sessions}
+    cpu = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            for _ in range(per_round):
+                c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+                s.run(None, x)
+                wall[name].append((time.perf_counter_ns() - w0) / 1e6)
+                cpu[name].append((time.thread_time_ns() - c0) / 1e6)
+    return {k: {"wall_p50": float(np.median(wall[k])), "cpu_p50": float(np.median(cpu[k]))} for k in sessions}
+
+
 def convert_all(size: int, work: Path) -> dict[str, bytes]:
     import tensorflow as tf
 
@@ -196,6 +247,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--no-kernels", action="store_true")
+    ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--out", help="write the markdown here (default: stdout)")
     a = ap.parse_args(argv)
     from export.converters import _tf_quiet
@@ -207,6 +259,11 @@ def main(argv=None) -> int:
         deleg = {k: delegation(v) for k, v in models.items()}
         results = {int(t): bench(models, int(t), a.rounds) for t in a.threads.split(",")}
         kern = None if a.no_kernels else kernels(1, a.rounds)
+        onnx_res = None
+        if not a.no_onnx:
+            omodels = onnx_variants(a.size, Path(tmp))
+            osizes = {k: p.stat().st_size for k, p in omodels.items()}
+            onnx_res = bench_ort(omodels, 1, a.rounds, a.size)
     lines += ["| model | size | XNNPACK partitions | ops outside XNNPACK | " +
               " | ".join(f"{t} thr wall p50 (ms)" for t in results) + " | 1 thr CPU p50 (ms) |",
               "|---|---|---|---|" + "---|" * len(results) + "---|"]
@@ -215,6 +272,10 @@ def main(argv=None) -> int:
         cols = " | ".join(f"{results[t][k]['wall_p50']:.2f}" for t in results)
         lines.append(f"| {k} | {len(content) / 1e6:.2f} MB | {deleg[k]['partitions']} | {fb} | {cols} | "
                      f"{results[min(results)][k]['cpu_p50']:.2f} |")
+    if onnx_res:
+        lines += ["", "| onnxruntime (1 thread, same model) | size | wall p50 (ms) | CPU p50 (ms) |", "|---|---|---|---|"]
+        for k, r in onnx_res.items():
+            lines.append(f"| {k} | {osizes[k] / 1e6:.2f} MB | {r['wall_p50']:.2f} | {r['cpu_p50']:.2f} |")
     if kern:
         lines += ["", "| single layer (1 thread) | fp32 CPU p50 (ms) | int8 CPU p50 (ms) | int8/fp32 |", "|---|---|---|---|"]
         for name in dict.fromkeys(k.rsplit(" ", 1)[0] for k in kern):

@@ -232,7 +232,7 @@ def _tflite_inspect(path: Path) -> dict:
 
 def _onnx_inspect(path: Path) -> dict:
     import onnx
-    from onnx import TensorProto, numpy_helper
+    from onnx import TensorProto
 
     m = onnx.load(str(path))
     g = m.graph

@@ -111,7 +111,10 @@ def run_stages(cfg, run, stages: list[str], resume: bool) -> None:
         except GateFailed as e:  # finish the remaining stages so every result is on disk, then fail
             gate_error = e
     if "export" in stages:
-        importlib.import_module("export.api").run_export(run, cfg)
+        try:
+            importlib.import_module("export.api").run_export(run, cfg)
+        except GateFailed as e:  # still benchmark what exported; fail at the end
+            gate_error = gate_error or e
     if "bench" in stages:
         importlib.import_module("benchmarks.api").run_bench(run, cfg)
     if run.report_json.exists():

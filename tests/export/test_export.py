@@ -26,14 +26,25 @@ def _available(name: str) -> bool:
     return not FORMATS[name].missing_modules()
 
 
+# The tiny student's all-int8 model already agrees with PyTorch; an unreachable calibration target forces
+# the sensitivity scan so the float-fallback path (ONNX exclusion + TFLite denylist) is exercised too.
+FORCE_FALLBACK = {"int8_target_agreement": 1.01, "int8_max_float_layers": 1, "int8_scan_images": 16}
+
+
 @pytest.fixture(scope="session")
 def exported(export_run):
     """run_export over every format; returns (run_dir, manifest)."""
-    from export.api import run_export
+    import export.api as api
     from pipeline.rundir import RunDir
 
     run = RunDir(export_run)
-    manifest = run_export(run, run.config(), ALL)
+    saved = dict(api.OPTION_DEFAULTS)
+    api.OPTION_DEFAULTS.update(FORCE_FALLBACK)
+    try:
+        manifest = api.run_export(run, run.config(), ALL)
+    finally:
+        api.OPTION_DEFAULTS.clear()
+        api.OPTION_DEFAULTS.update(saved)
     return export_run, manifest
 
 
@@ -417,3 +428,21 @@ def test_tflite_runner_quantizes_int8_inputs(tmp_path):
 
 def test_module_available():
     assert module_available("numpy") and not module_available("no_such_module_edgekd")
+
+
+def test_int8_sensitive_layers_kept_float(exported):
+    """The float fallback (forced, see FORCE_FALLBACK): the most sensitive layer is kept float in both int8
+    artifacts, chosen by calibration logit MSE, reported in the manifest; the files still count as int8."""
+    if not _available("tflite-int8"):
+        pytest.skip("converter not installed")
+    _, manifest = exported
+    by = {a["name"]: a for a in manifest["artifacts"]}
+    q = by["onnx-int8"]["details"]["quantization"]
+    assert len(q["kept_float"]) == 1 and q["allowed_float_compute_ops"] == 1
+    steps = q["selection"]["steps"]
+    assert len(steps) == 2 and steps[1]["calibration_mse"] <= steps[0]["calibration_mse"]
+    t = by["tflite-int8"]["details"]["quantization"]
+    assert len(t["kept_float"]) == 1 and q["kept_float"][0] in t["kept_float"][0], t
+    assert by["tflite-int8"]["inspect"]["compute_ops_float_activations"] == 1
+    for name in ("onnx-int8", "tflite-int8"):
+        assert by[name]["status"] == "ok" and by[name]["inspect"]["weights_int8_fraction"] >= 0.9
