@@ -116,8 +116,8 @@ class ExportConfig(_Section):
     calibration_images: int = Field(200, ge=1)
     parity_images: Optional[int] = Field(None, ge=1, description="test images used for parity (default all)")
     gates: dict[str, float] = Field(default_factory=dict, description="override parity gates, e.g. int8_agreement")
-    int8_target_agreement: float = Field(0.98, gt=0, le=1, description="calibration agreement below which "
-                                         "sensitive layers are kept float")
+    int8_target_agreement: float = Field(0.98, gt=0, description="calibration agreement below which "
+                                         "sensitive layers are kept float (>1 always searches)")
     int8_max_float_layers: int = Field(4, ge=0, description="most compute layers an int8 artifact may keep float")
     int8_mse_fraction: float = Field(0.05, ge=0, description="stop the float-layer search below this share of "
                                      "all-int8 logit MSE")

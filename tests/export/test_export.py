@@ -38,13 +38,10 @@ def exported(export_run):
     from pipeline.rundir import RunDir
 
     run = RunDir(export_run)
-    saved = dict(api.OPTION_DEFAULTS)
-    api.OPTION_DEFAULTS.update(FORCE_FALLBACK)
-    try:
-        manifest = api.run_export(run, run.config(), ALL)
-    finally:
-        api.OPTION_DEFAULTS.clear()
-        api.OPTION_DEFAULTS.update(saved)
+    cfg = run.config()
+    for k, v in FORCE_FALLBACK.items():
+        setattr(cfg.export, k, v)
+    manifest = api.run_export(run, cfg, ALL)
     return export_run, manifest
 
 
