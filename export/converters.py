@@ -582,11 +582,9 @@ def _same_layer(onnx_shape: Optional[list], tfl: dict) -> bool:
     return w == [o, kh, kw, i]
 
 
-def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
-    """Full-integer: int8 weights (per-channel) and activations, float32 input/output (QUANTIZE/DEQUANTIZE
-    at the ends, run by XNNPACK), on the XNNPACK-friendly graph (export/graph.py). The layers int8_plan keeps
-    float (chosen on the ONNX graph by calibration logit MSE) are matched to the TFLite ops by execution
-    order and weight shape and kept float with the TFLite quantization debugger's denylist."""
+def full_int8_settings(ctx: ExportContext):
+    """TFLiteConverter settings of the full-integer export (int8 kernels, float32 I/O); the latency
+    study (export/int8_latency.py) uses the same function so it measures what the export builds."""
     import tensorflow as tf
 
     rep = _representative(ctx)
@@ -598,6 +596,18 @@ def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
         c.inference_input_type = tf.float32
         c.inference_output_type = tf.float32
 
+    return cfg
+
+
+def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    """Full-integer: int8 weights (per-channel) and activations, float32 input/output (QUANTIZE/DEQUANTIZE
+    at the ends, run by XNNPACK), on the XNNPACK-friendly graph (export/graph.py). The layers int8_plan keeps
+    float (chosen on the ONNX graph by calibration logit MSE) are matched to the TFLite ops by execution
+    order and weight shape and kept float with the TFLite quantization debugger's denylist."""
+    import tensorflow as tf
+
+    rep = _representative(ctx)  # also the quantization debugger's dataset below
+    cfg = full_int8_settings(ctx)
     content = _tflite_convert(ctx, True, cfg)
     full_agree = agreement(_tflite_run(content, ctx.calib_nhwc, ctx.threads), ctx.calib_logits)
     kept, note = [], None

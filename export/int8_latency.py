@@ -151,8 +151,6 @@ def bench_ort(models: dict[str, Path], threads: int, rounds: int, size: int, per
 
 
 def convert_all(size: int, work: Path) -> dict[str, bytes]:
-    import tensorflow as tf
-
     import export.converters as conv
 
     bn = _elpv_images(64, size, 0)
@@ -166,15 +164,7 @@ def convert_all(size: int, work: Path) -> dict[str, bytes]:
         patch = contextlib.nullcontext()
         if variant == "naive":
             patch = _patched(conv, "xnnpack_friendly", lambda m, int8: copy.deepcopy(m).eval())
-        rep = conv._representative(ctx)
-
-        def int8(c):
-            c.optimizations = [tf.lite.Optimize.DEFAULT]
-            c.representative_dataset = rep
-            c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            c.inference_input_type = tf.float32
-            c.inference_output_type = tf.float32
-
+        int8 = conv.full_int8_settings(ctx)
         with patch:
             out[f"{variant} fp32"] = conv._tflite_convert(ctx, False, lambda c: None)
             out[f"{variant} int8"] = conv._tflite_convert(ctx, True, int8)
