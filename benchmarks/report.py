@@ -164,6 +164,11 @@ def build(run: RunDir, rep: dict) -> tuple[list[Block], dict[str, bytes]]:
             blocks.append(("h3", "Latency distribution (ms)"))
             blocks.append(("table", ["artifact", "profile", "queries", "mean", "std", "min", "p50", "p90", "p95",
                                      "p99", "max", "fp32 compute bound"], lrows))
+    made = [f"{r['name']}: {r['int8_method']}" for r in (rep.get("exports") or {}).get("artifacts", [])
+            if r.get("int8_method")]
+    if made:
+        blocks.append(("h3", "How the int8 artifacts were made"))
+        blocks.append(("list", made))
     # goals
     goals = rep.get("goals") or []
     blocks.append(("h2", "Goals"))

@@ -40,7 +40,13 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "int8_max_float_layers": 4,  # most compute layers int8 artifacts may keep float (0: none)
     "int8_mse_fraction": 0.05,  # ... stop once calibration logit MSE is below this share of all-int8's
     "int8_scan_images": 64,  # calibration images used by the sensitivity scan
+    "int8_min_gain": 0.1,  # a layer is kept float only if it removes this share of the remaining logit MSE
+    "int8_qat": "auto",  # QAT fine-tuning before int8 conversion: "auto" (when PTQ misses the target) | "on" | "off"
+    "int8_qat_epochs": 5,
+    "int8_qat_images": 1024,  # training images QAT fine-tunes on
+    "int8_qat_lr": 2e-4,
     "onnx_int8_activations": "uint8",  # "uint8" (U8S8, onnxruntime's x86 fast path) or "int8"
+    "onnx_int8_reduce_range": True,  # 7-bit weights: U8S8 kernels saturate on x86 without VNNI
     "onnx_int8_calibration": "minmax",  # "minmax" | "percentile" | "entropy"
     "onnx_exporter": "torchscript",  # "torchscript" (fast here) | "dynamo"
     "coreml_int8_mode": "linear",  # "linear" (int8 weights) | "palettize" (8-bit k-means LUT)
@@ -283,6 +289,26 @@ def _log_entry(e: dict) -> None:
         f"{acc} -> {p.get('status')}")
 
 
+def int8_method(entry: dict) -> Optional[str]:
+    """One line on how an int8 artifact was made (QAT, layers kept float), for people."""
+    q = (entry.get("details") or {}).get("quantization")
+    if entry.get("precision") != "int8" or not isinstance(q, dict) or "kept_float" not in q:
+        return None
+    qat = q.get("qat") or {}
+    parts = []
+    if qat.get("used"):
+        parts.append(f"QAT fine-tuning {qat.get('epochs')} epochs on {qat.get('images')} images "
+                     f"(kept epoch {qat.get('kept_epoch')})")
+    else:
+        parts.append("post-training quantization only" + (
+            f" (all-int8 calibration agreement {qat['ptq_calibration_agreement']:.1%})"
+            if qat.get("ptq_calibration_agreement") is not None else ""))
+    kept = q.get("kept_float")
+    n = len(kept) if isinstance(kept, list) else 0
+    parts.append(f"{n} layer{'s' if n != 1 else ''} kept float" if n else "every layer int8")
+    return "; ".join(parts)
+
+
 def _summary(manifest: dict) -> dict:
     rows = []
     for a in manifest["artifacts"]:
@@ -290,7 +316,7 @@ def _summary(manifest: dict) -> dict:
         rows.append({k: a.get(k) for k in ("name", "format", "precision", "path", "size_bytes", "status", "reason")}
                     | {"agreement": p.get("agreement"), "accuracy": p.get("accuracy"),
                        "accuracy_drop_points": p.get("accuracy_drop_points"), "max_abs": p.get("max_abs"),
-                       "parity_status": p.get("status")})
+                       "parity_status": p.get("status"), "int8_method": int8_method(a)})
     return {"manifest": "exports/manifest.json", "artifacts": rows,
             "source_checkpoint_sha256": manifest.get("source_checkpoint_sha256"),
             "parity_images": manifest.get("parity_images"), "calibration_images": manifest.get("calibration_images")}
@@ -357,7 +383,8 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None) -> dict:
 
     ctx = ExportContext(model=model, arch=cfg.student.arch, labels=labels, image_size=cfg.data.image_size,
                         mean=cfg.data.mean, std=cfg.data.std, calib=calib, work=work, threads=threads,
-                        source_sha256=source_sha, options=opts)
+                        source_sha256=source_sha, options=opts,
+                        train_images=lambda n: _calibration_images(data, cfg, n))
     log(f"export: {', '.join(s.name for s in specs)} ({len(x)} parity images, {len(calib)} calibration images, "
         f"{threads} threads)")
     entries = []

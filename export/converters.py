@@ -35,8 +35,10 @@ class ExportContext:
     """Everything the converters share: the student, its data, and cached intermediate products."""
 
     def __init__(self, *, model: torch.nn.Module, arch: str, labels: list[str], image_size: int, mean, std,
-                 calib: np.ndarray, work: Path, threads: int, source_sha256: str, options: Optional[dict] = None):
+                 calib: np.ndarray, work: Path, threads: int, source_sha256: str, options: Optional[dict] = None,
+                 train_images: Optional[Callable[[int], np.ndarray]] = None):
         self.model = model.eval()
+        self.train_images = train_images  # n -> up to n normalised NCHW training images (QAT); None: calib only
         self.arch = arch
         self.labels = labels
         self.size = int(image_size)
@@ -65,20 +67,61 @@ class ExportContext:
             self._cache["calib_logits"] = self.torch_logits(self.calib)
         return self._cache["calib_logits"]
 
+    # -- int8 source ----------------------------------------------------------------------------
+    def int8_model(self) -> torch.nn.Module:
+        """The float model the int8 converters quantize: the student, or its QAT fine-tuned copy (cached).
+
+        int8_qat "on" always fine-tunes; "auto" fine-tunes when the all-int8 onnxruntime model agrees with
+        the student on fewer than int8_target_agreement of the scan images; "off" never."""
+        if "int8_model" in self._cache:
+            return self._cache["int8_model"]
+        mode = str(self.options.get("int8_qat", "auto"))
+        if mode not in ("auto", "on", "off"):
+            raise EdgekdError(f"unknown int8_qat {mode!r}; use 'auto', 'on' or 'off'")
+        target = float(self.options.get("int8_target_agreement", 0.98))
+        model, info = self.model, {"used": False, "mode": mode}
+        if mode == "auto":
+            n = min(len(self.calib), int(self.options.get("int8_scan_images", 64)))
+            q = _ort_logits(_ort_quantize(self, self.onnx_fp32(), self.work / "int8", []), self.calib[:n],
+                            self.threads)
+            ptq = agreement(q, self.calib_logits[:n])
+            info["ptq_calibration_agreement"] = round(ptq, 4)
+            log(f"export: all-int8 post-training quantization agrees with the student on {ptq * 100:.1f}% of {n} "
+                f"calibration images (target {target * 100:.1f}%)" + ("; QAT fine-tuning" if ptq < target else ""))
+        if mode == "on" or (mode == "auto" and info["ptq_calibration_agreement"] < target):
+            from export.qat import qat_finetune
+
+            n = int(self.options.get("int8_qat_images", 1024))
+            train = self.train_images(n) if self.train_images is not None else self.calib
+            res = qat_finetune(self.model, train, self.calib, epochs=int(self.options.get("int8_qat_epochs", 5)),
+                               lr=float(self.options.get("int8_qat_lr", 2e-4)),
+                               weight_qmax=64 if self.options.get("onnx_int8_reduce_range", True) else 127)
+            model = res.model
+            info.update(used=True, **res.info)
+            info["float_agreement_calibration"] = round(agreement(self.torch_logits(self.calib, model),
+                                                                  self.calib_logits), 4)
+        self._cache["int8_model"] = model
+        self._cache["qat_info"] = info
+        return model
+
     # -- ONNX ---------------------------------------------------------------------------------
-    def onnx_fp32(self) -> Path:
-        """The student as ONNX fp32 with a dynamic batch axis (cached in the work folder).
+    def onnx_fp32(self, int8_source: bool = False) -> Path:
+        """The student (or, with int8_source, int8_model()) as ONNX fp32 with a dynamic batch axis (cached).
 
         Default exporter: TorchScript (`dynamo=False`, ~1.5 s here) + onnxslim to drop its Identity nodes;
         option onnx_exporter="dynamo" uses the torch.export-based exporter (~8-20 s here, same graph)."""
-        if "onnx_fp32" in self._cache:
-            return self._cache["onnx_fp32"]
-        path = self.work / "student.onnx"
+        model = self.int8_model() if int8_source else self.model
+        if int8_source and model is self.model:
+            return self.onnx_fp32()
+        key = "onnx_int8_source" if int8_source else "onnx_fp32"
+        if key in self._cache:
+            return self._cache[key]
+        path = self.work / ("student.int8src.onnx" if int8_source else "student.onnx")
         x = torch.from_numpy(self.calib[:1].copy())
         t0 = time.time()
         if self.options.get("onnx_exporter", "torchscript") == "dynamo":
             try:
-                exporter = _export_onnx_dynamo(self.model, x, path)
+                exporter = _export_onnx_dynamo(model, x, path)
             except Exception as e:
                 log(f"export: dynamo ONNX exporter failed ({type(e).__name__}: {_first_line(e)}); "
                     "using the TorchScript exporter")
@@ -86,22 +129,27 @@ class ExportContext:
         else:
             exporter = None
         if exporter is None:
-            _export_onnx_torchscript(self.model, x, path, ONNX_OPSET, dynamic_batch=True)
+            _export_onnx_torchscript(model, x, path, ONNX_OPSET, dynamic_batch=True)
             exporter = f"torch.onnx.export(dynamo=False, opset {ONNX_OPSET})" + _slim(path)
-        self._cache["onnx_fp32"] = path
-        self._cache["onnx_exporter"] = exporter
-        self._cache["onnx_seconds"] = round(time.time() - t0, 2)
+        self._cache[key] = path
+        if not int8_source:
+            self._cache["onnx_exporter"] = exporter
+            self._cache["onnx_seconds"] = round(time.time() - t0, 2)
         return path
 
     # -- TensorFlow ----------------------------------------------------------------------------
-    def saved_model(self, int8: bool) -> Path:
-        """onnx2tf SavedModel (NHWC, batch 1) of the XNNPACK-friendly student (see export/graph.py)."""
-        key = f"saved_model_{'int8' if int8 else 'float'}"
+    def saved_model(self, int8: bool, qat: Optional[bool] = None) -> Path:
+        """onnx2tf SavedModel (NHWC, batch 1) of the XNNPACK-friendly student (see export/graph.py): the int8
+        graph of int8_model() (qat, the default for int8) or of the student itself, or the float graph."""
+        qat = int8 if qat is None else qat
+        if qat and self.int8_model() is self.model:  # no fine-tuning happened: one conversion serves both
+            qat = False
+        tag = ("int8" if int8 else "float") + ("_qat" if qat else "")
+        key = f"saved_model_{tag}"
         if key in self._cache:
             return self._cache[key]
-        tag = "int8" if int8 else "float"
         src = self.work / f"student_{tag}_b1.onnx"
-        friendly = xnnpack_friendly(self.model, int8=int8)
+        friendly = xnnpack_friendly(self.int8_model() if qat else self.model, int8=int8)
         _export_onnx_torchscript(friendly, torch.from_numpy(self.calib[:1].copy()), src, ONNX2TF_OPSET,
                                  dynamic_batch=False)
         out = self.work / f"saved_model_{tag}"
@@ -355,14 +403,15 @@ def _ort_logits_model(model, x: np.ndarray, threads: int) -> np.ndarray:
 
 
 def _greedy_float_layers(q, f, x: np.ndarray, ref: np.ndarray, threads: int, budget: int, target: float,
-                         mse_fraction: float, shortlist: int = 12) -> dict:
+                         mse_fraction: float, shortlist: int = 12, min_gain: float = 0.0) -> dict:
     """Forward selection of the compute layers to keep float, by logit MSE vs PyTorch on calibration images.
 
     Nothing is kept float when the all-int8 model already meets `target` agreement with a logit MSE below
     1e-3 of the logits' variance. Otherwise step 1 scans every compute layer alone in float (Q/DQ bypassed:
     no re-quantization) and later steps try the `shortlist` best single layers on top of those chosen,
     until the agreement target is met with the MSE below 1e-3 of the variance or below `mse_fraction` of
-    the all-int8 MSE, or `budget` layers are float."""
+    the all-int8 MSE, or `budget` layers are float, or the best next layer would remove less than `min_gain`
+    of the remaining MSE (a float layer costs speed: it must buy a real share of the error)."""
     base = _ort_logits_model(q, x, threads)
     state = {"mse": _logit_mse(base, ref), "agreement": agreement(base, ref)}
     base_mse = state["mse"]
@@ -398,6 +447,10 @@ def _greedy_float_layers(q, f, x: np.ndarray, ref: np.ndarray, threads: int, bud
             if best is None:
                 break
             mse, name, agree = best
+        if state["mse"] - mse < min_gain * state["mse"]:
+            steps.append({"stopped": f"best next layer {name} removes {1 - mse / max(state['mse'], 1e-12):.1%} "
+                                     f"of the logit MSE (< {min_gain:.0%})"})
+            break
         chosen.append(name)
         state.update(mse=mse, agreement=agree)
         steps.append({"kept_float": list(chosen), "calibration_mse": round(mse, 6),
@@ -405,58 +458,84 @@ def _greedy_float_layers(q, f, x: np.ndarray, ref: np.ndarray, threads: int, bud
     return {"chosen": chosen, "steps": steps, "ranked": [(n, round(m, 6)) for m, n, _ in single[:shortlist]]}
 
 
-def int8_plan(ctx: ExportContext) -> dict:
-    """The ONNX int8 model and the layers kept float (shared by onnx-int8 and tflite-int8; cached).
-
-    Static QDQ quantization: int8 symmetric per-channel weights, 8-bit per-tensor activations (uint8 by
-    default: onnxruntime's fast U8S8 path on x86) calibrated on training images; the layer writing the
-    logits keeps a float output (quantized logits clip at the calibration range: measured 4.8 -> 1.95).
-    Sensitive layers are then kept float by _greedy_float_layers (at most `int8_max_float_layers`)."""
-    if "int8_plan" in ctx._cache:
-        return ctx._cache["int8_plan"]
+def _ort_quantize(ctx: ExportContext, src: Path, folder: Path, exclude: list[str]) -> Path:
+    """onnxruntime static QDQ quantization of `src` (pre-processed once per folder), the layers in `exclude`
+    kept float. Options: onnx_int8_activations, onnx_int8_calibration, onnx_int8_reduce_range."""
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
                                           quantize_static)
 
-    src = ctx.onnx_fp32()
-    pre = ctx.work / "student.preprocessed.onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    pre = folder / "preprocessed.onnx"
+    key = f"ort_quant_{folder}"
+    if key not in ctx._cache:
+        with _quiet_stdout():
+            try:
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+            except Exception as e:  # pre-processing is an optimisation, not a requirement
+                log(f"export: onnx quant_pre_process failed ({_first_line(e)}); quantizing the plain graph")
+                shutil.copyfile(src, pre)
+        g = onnx.load(str(pre), load_external_data=False).graph
+        outs = {o.name for o in g.output}
+        ctx._cache[key] = {
+            "act": QuantType.QUInt8 if ctx.options.get("onnx_int8_activations", "uint8") == "uint8" else QuantType.QInt8,
+            "method": {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                       "entropy": CalibrationMethod.Entropy}[ctx.options.get("onnx_int8_calibration", "minmax")],
+            "out_ops": sorted({n.op_type for n in g.node if any(o in outs for o in n.output)}),
+            "reduce_range": bool(ctx.options.get("onnx_int8_reduce_range", True)),
+            "input": _ort_session(pre, 1).get_inputs()[0].name, "n": 0}
+    o = ctx._cache[key]
+    if tuple(exclude) in o:
+        return o[tuple(exclude)]
+    o["n"] += 1
+    dst = folder / f"quantized-{o['n']}.onnx"
     with _quiet_stdout():
-        try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-        except Exception as e:  # pre-processing is an optimisation, not a requirement
-            log(f"export: onnx quant_pre_process failed ({_first_line(e)}); quantizing the plain graph")
-            shutil.copyfile(src, pre)
-    act = QuantType.QUInt8 if ctx.options.get("onnx_int8_activations", "uint8") == "uint8" else QuantType.QInt8
-    g = onnx.load(str(pre), load_external_data=False).graph
-    outs = {o.name for o in g.output}
-    out_ops = sorted({n.op_type for n in g.node if any(o in outs for o in n.output)})
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[ctx.options.get("onnx_int8_calibration", "minmax")]
+        # histogram calibrators stack the per-batch arrays: batches must have one size (batch 1)
+        batch = 16 if o["method"] == CalibrationMethod.MinMax else 1
+        quantize_static(str(pre), str(dst), _CalibReader(ctx.calib, o["input"], batch), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=o["act"], weight_type=QuantType.QInt8,
+                        calibrate_method=o["method"], nodes_to_exclude=exclude,
+                        calibration_cache_path=str(folder / f"calibration_{o['method'].name}.json"),
+                        reduce_range=o["reduce_range"],
+                        # the layer writing the logits keeps a float output (quantized logits clip)
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                       "OpTypesToExcludeOutputQuantization": o["out_ops"]})
+    o[tuple(exclude)] = dst
+    return dst
+
+
+def int8_plan(ctx: ExportContext) -> dict:
+    """The ONNX int8 model and the layers kept float (shared by onnx-int8 and tflite-int8; cached).
+
+    The float source is ctx.int8_model() (the student, or its QAT fine-tuned copy). Static QDQ quantization:
+    int8 symmetric per-channel weights (7-bit range by default: onnxruntime's U8S8 kernels sum pairs of
+    products in int16 on x86 without VNNI and saturate; measured on the ELPV full run, all-int8 agreement
+    90.7% -> 96.0%), 8-bit per-tensor activations (uint8 by default: the fast U8S8 path on x86) calibrated
+    on training images; the layer writing the logits keeps a float output (quantized logits clip at the
+    calibration range: measured 4.8 -> 1.95). Sensitive layers are then kept float by _greedy_float_layers
+    (at most `int8_max_float_layers`)."""
+    if "int8_plan" in ctx._cache:
+        return ctx._cache["int8_plan"]
+    import onnx
+
+    qat_model = ctx.int8_model()
+    pre_dir = ctx.work / ("int8_qat" if qat_model is not ctx.model else "int8")
     target = float(ctx.options.get("int8_target_agreement", 0.98))
     budget = int(ctx.options.get("int8_max_float_layers", 4))
-    cache = ctx.work / f"ort_calibration_{method.name}.json"
-    name = _ort_session(pre, 1).get_inputs()[0].name
-
-    def quantize(exclude: list[str], dst: Path) -> None:
-        with _quiet_stdout():
-            quantize_static(str(pre), str(dst), _CalibReader(ctx.calib, name), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
-                            calibrate_method=method, nodes_to_exclude=exclude, calibration_cache_path=str(cache),
-                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
-                                           "OpTypesToExcludeOutputQuantization": out_ops})
-
-    full = ctx.work / "student.int8.full.onnx"
-    quantize([], full)
+    full = _ort_quantize(ctx, ctx.onnx_fp32(int8_source=True), pre_dir, [])
+    pre = pre_dir / "preprocessed.onnx"
+    q_opts = ctx._cache[f"ort_quant_{pre_dir}"]
+    act, method, out_ops = q_opts["act"], q_opts["method"], q_opts["out_ops"]
     n_scan = min(len(ctx.calib), int(ctx.options.get("int8_scan_images", 64)))
     t0 = time.time()
     sel = _greedy_float_layers(onnx.load(str(full)), onnx.load(str(pre)), ctx.calib[:n_scan],
                                ctx.calib_logits[:n_scan], ctx.threads, budget, target,
-                               float(ctx.options.get("int8_mse_fraction", 0.05)))
+                               float(ctx.options.get("int8_mse_fraction", 0.05)),
+                               min_gain=float(ctx.options.get("int8_min_gain", 0.1)))
     chosen = sel["chosen"]
     model = full
     if chosen:
-        model = ctx.work / "student.int8.mixed.onnx"
-        quantize(chosen, model)
+        model = _ort_quantize(ctx, ctx.onnx_fp32(int8_source=True), pre_dir, chosen)
     logits = _ort_logits(model, ctx.calib, ctx.threads)
     pre_model = onnx.load(str(pre), load_external_data=False)
     compute = _compute_nodes(pre_model)
@@ -468,7 +547,9 @@ def int8_plan(ctx: ExportContext) -> dict:
         "kept_float_index": [compute.index(c) for c in chosen if c in compute],
         "compute_layers": len(compute),
         "compute_weight_shapes": [wshape.get(c) for c in compute],
-        "info": {"weights": "int8 symmetric per-channel", "activations": f"{act.name} per-tensor",
+        "info": {"weights": "int8 symmetric per-channel" + (" (7-bit range: reduce_range)" if q_opts["reduce_range"] else ""),
+                 "activations": f"{act.name} per-tensor",
+                 "qat": ctx._cache.get("qat_info"),
                  "calibration": f"{method.name} on {len(ctx.calib)} training images",
                  "float_output": f"{', '.join(out_ops)} writing the logits (no clipping to the calibration range)",
                  "kept_float": chosen or "none",
@@ -498,11 +579,12 @@ def onnx_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
 # TFLite (onnx2tf -> SavedModel -> TFLiteConverter)
 
 
-def _tflite_convert(ctx: ExportContext, int8_graph: bool, configure: Callable[[Any], None]) -> bytes:
+def _tflite_convert(ctx: ExportContext, int8_graph: bool, configure: Callable[[Any], None],
+                    qat: Optional[bool] = None) -> bytes:
     _tf_quiet()
     import tensorflow as tf
 
-    sm = ctx.saved_model(int8=int8_graph)
+    sm = ctx.saved_model(int8=int8_graph, qat=qat)
     conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
     # Builtin ops only: the app ships the plain LiteRT runtime, no Flex (Select TF ops) delegate.
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -544,7 +626,8 @@ def tflite_dynamic(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
 
     def cfg(c):
         c.optimizations = [tf.lite.Optimize.DEFAULT]
-    _write_tflite(_tflite_convert(ctx, True, cfg), out, meta)
+    # the student's own weights: activations stay float here, so QAT's drift would cost more than it saves
+    _write_tflite(_tflite_convert(ctx, True, cfg, qat=False), out, meta)
     return {"converter": "onnx2tf -> tf.lite.TFLiteConverter (dynamic range)",
             "quantization": {"weights": "int8 per-channel", "activations": "float32 (quantized on the fly)"}}
 
@@ -636,14 +719,15 @@ def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
     agree = agreement(_tflite_run(content, ctx.calib_nhwc, ctx.threads), ctx.calib_logits)
     _write_tflite(content, out, meta)
     q = {"weights": "int8 symmetric per-channel", "activations": "int8 per-tensor", "io": "float32",
+         "qat": ctx._cache.get("qat_info"),
          "calibration": f"{len(ctx.calib)} training images", "kept_float": kept or "none",
          "allowed_float_compute_ops": len(kept), "calibration_agreement": round(agree, 4),
          "calibration_agreement_all_int8": round(full_agree, 4)}
     if note:
         q["note"] = note
     return {"converter": "onnx2tf -> tf.lite.TFLiteConverter (full integer)",
-            "graph": "hard-swish as (x/6)*relu6(x+3), hard-sigmoid as relu6(x+3)/6 (XNNPACK-delegated)",
-            "onnx2tf_strict_mode": ctx._cache.get("saved_model_int8_strict"), "quantization": q}
+            "graph": "hard-swish as relu6(x+3)*(x/6), hard-sigmoid as relu6(x+3)/6 (XNNPACK-delegated)",
+            "onnx2tf_strict_mode": ctx._cache.get("saved_model_int8_qat_strict", ctx._cache.get("saved_model_int8_strict")), "quantization": q}
 
 
 # ----------------------------------------------------------------------------------------------

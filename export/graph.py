@@ -8,10 +8,15 @@ so an int8 model ran as 28 XNNPACK partitions with 27 single-threaded fallbacks 
 benchmarks/results/int8_latency.md). Rewriting
 
     hard_sigmoid(x) = relu6(x + 3) * (1/6)          -> ADD(fused RELU6) + MUL, both delegated
-    hard_swish(x)   = (x * (1/6)) * relu6(x + 3)     -> MUL + ADD(RELU6) + MUL, not matched as HARD_SWISH
+    hard_swish(x)   = relu6(x + 3) * (x * (1/6))     -> ADD(RELU6) + MUL + MUL, not matched as HARD_SWISH
 
 keeps every op inside one XNNPACK partition. For float artifacts hard-swish stays as it is (XNNPACK runs
 float HARD_SWISH fused); only hard-sigmoid is rewritten.
+
+The operand order of the last MUL matters for int8 accuracy, not only for pattern matching. On the ELPV
+full run's student (all-int8, 656 test images, agreement with the float student): native HARD_SWISH
+96.3% (19 ops outside XNNPACK), relu6(x+3)*(x/6) 96.0% (one partition), (x/6)*relu6(x+3) 93.3% (one
+partition), x*hardsigmoid(x) 93.6%.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ class HardSigmoidRelu6(nn.Module):
 
 class HardSwishUnfused(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * (1.0 / 6.0)) * F.relu6(x + 3.0)
+        return F.relu6(x + 3.0) * (x * (1.0 / 6.0))
 
 
 class HardSwishUnfused4d(nn.Module):
@@ -39,7 +44,7 @@ class HardSwishUnfused4d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.reshape(x.shape[0], -1, 1, 1)
-        return ((y * (1.0 / 6.0)) * F.relu6(y + 3.0)).flatten(1)
+        return (F.relu6(y + 3.0) * (y * (1.0 / 6.0))).flatten(1)
 
 
 def _swap(module: nn.Module, hardswish: bool, in_classifier: bool = False) -> int:

@@ -113,7 +113,8 @@ def onnx_variants(size: int, work: Path) -> dict[str, Path]:
         ctx = conv.ExportContext(model=model, arch="mobilenet_v3_small", labels=list("abcd"), image_size=size,
                                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), calib=calib,
                                  work=work / f"onnx-{act}", threads=1, source_sha256="-",
-                                 options={"onnx_int8_activations": act, "int8_max_float_layers": 0})
+                                 options={"onnx_int8_activations": act, "int8_max_float_layers": 0,
+                                          "int8_qat": "off"})
         meta = md.model_json(spec=FORMATS["onnx-int8"], arch="x", labels=list("abcd"), height=size, width=size,
                              mean=ctx.mean, std=ctx.std, source_sha256="-")
         if act == "uint8":
@@ -160,7 +161,7 @@ def convert_all(size: int, work: Path) -> dict[str, bytes]:
     for variant in ("naive", "edgekd"):
         ctx = conv.ExportContext(model=model, arch="mobilenet_v3_small", labels=list("abcd"), image_size=size,
                                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), calib=calib,
-                                 work=work / variant, threads=1, source_sha256="-")
+                                 work=work / variant, threads=1, source_sha256="-", options={"int8_qat": "off"})
         patch = contextlib.nullcontext()
         if variant == "naive":
             patch = _patched(conv, "xnnpack_friendly", lambda m, int8: copy.deepcopy(m).eval())

@@ -122,7 +122,17 @@ class ExportConfig(_Section):
     int8_mse_fraction: float = Field(0.05, ge=0, description="stop the float-layer search below this share of "
                                      "all-int8 logit MSE")
     int8_scan_images: int = Field(64, ge=1, description="calibration images used by the sensitivity scan")
+    int8_min_gain: float = Field(0.1, ge=0, le=1, description="a layer is kept float only if it removes this "
+                                 "share of the remaining calibration logit MSE")
+    int8_qat: Literal["auto", "on", "off"] = Field("auto", description="quantization-aware fine-tuning before "
+                                                   "int8 conversion; auto: when all-int8 calibration agreement "
+                                                   "is below int8_target_agreement")
+    int8_qat_epochs: int = Field(5, ge=1)
+    int8_qat_images: int = Field(1024, ge=1, description="training images QAT fine-tunes on")
+    int8_qat_lr: float = Field(2e-4, gt=0)
     onnx_int8_activations: Literal["uint8", "int8"] = "uint8"
+    onnx_int8_reduce_range: bool = Field(True, description="7-bit weights: onnxruntime's uint8 x int8 kernels "
+                                         "saturate on x86 CPUs without VNNI; false for VNNI/ARM-only targets")
     onnx_int8_calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
     onnx_exporter: Literal["torchscript", "dynamo"] = "torchscript"
     coreml_int8_mode: Literal["linear", "palettize"] = "linear"

@@ -28,7 +28,8 @@ def _available(name: str) -> bool:
 
 # The tiny student's all-int8 model already agrees with PyTorch; an unreachable calibration target forces
 # the sensitivity scan so the float-fallback path (ONNX exclusion + TFLite denylist) is exercised too.
-FORCE_FALLBACK = {"int8_target_agreement": 1.01, "int8_max_float_layers": 1, "int8_scan_images": 16}
+FORCE_FALLBACK = {"int8_target_agreement": 1.01, "int8_max_float_layers": 1, "int8_scan_images": 16,
+                  "int8_min_gain": 0.0}
 
 
 @pytest.fixture(scope="session")
@@ -244,6 +245,31 @@ def test_report_has_the_exports_section(exported):
     rep = json.loads((run_dir / "report.json").read_text())
     assert rep["exports"]["manifest"] == "exports/manifest.json"
     assert {a["name"] for a in rep["exports"]["artifacts"]} == set(ALL)
+
+
+def test_int8_qat_ran_and_is_reported(exported):
+    """FORCE_FALLBACK's unreachable target makes int8_qat=auto fine-tune: both int8 artifacts are made from
+    the same QAT copy, the manifest says so, and the report tells people how each int8 file was made."""
+    from benchmarks.report import render
+    from pipeline.rundir import RunDir
+
+    run_dir, manifest = exported
+    by = {a["name"]: a for a in manifest["artifacts"]}
+    infos = []
+    for name in ("onnx-int8", "tflite-int8"):
+        if not _available(name):
+            continue
+        qat = by[name]["details"]["quantization"]["qat"]
+        assert qat["used"] and qat["mode"] == "auto" and qat["ptq_calibration_agreement"] < 1.01, qat
+        assert len(qat["history"]) == qat["epochs"] >= 1 and 0 <= qat["kept_epoch"] <= qat["epochs"]
+        infos.append(qat)
+    assert infos and all(i == infos[0] for i in infos)
+    rep = json.loads((run_dir / "report.json").read_text())
+    method = {r["name"]: r["int8_method"] for r in rep["exports"]["artifacts"]}
+    assert method["onnx"] is None and method["onnx-int8"].startswith("QAT fine-tuning")
+    render(RunDir(run_dir))
+    text = (run_dir / "report.md").read_text()
+    assert "How the int8 artifacts were made" in text and method["onnx-int8"] in text
 
 
 # ---------------------------------------------------------------------------------------------
