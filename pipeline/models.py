@@ -6,6 +6,8 @@ checkpoint that needs pickled objects to load is refused with a clear message, n
 
 from __future__ import annotations
 
+import json
+
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +63,11 @@ def save_state_dict(model: nn.Module, path: Path, metadata: Optional[dict[str, s
     from pipeline.rundir import atomic_path
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # safetensors writes a metadata dict in random key order, so the same weights got a different file
+    # sha256 (cache keys, source_checkpoint_sha256) on every run: one key holding sorted JSON is stable.
+    meta = {"edgekd": json.dumps(metadata, sort_keys=True)} if metadata else None
     with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata=metadata)
+        save_file(sd, str(tmp), metadata=meta)
 
 
 # ----------------------------------------------------------------------------------------

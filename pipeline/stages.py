@@ -156,6 +156,7 @@ def stage_teacher(cfg: Config, run: RunDir, data: DataSplit, resume: bool = Fals
             run.mark_stage("teacher", fp, time.time() - t0)
         dist_.barrier()
         return meta
+    torch.manual_seed(cfg.train.seed)  # a new classifier head is initialised here: same head every run
     model, info = build_teacher(t.arch, t.weights, k, cfg.data.image_size)
     finetune = t.finetune == "always" or (t.finetune == "auto" and not info.has_head)
     if t.finetune == "never" and not info.has_head:

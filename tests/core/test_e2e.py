@@ -50,12 +50,14 @@ def test_second_run_skips_unchanged_stages_and_recomputes_on_change(tiny_run, ti
     assert "teacher: up to date, skipped" in err and "soft labels: cached" in err and "student: up to date" in err
     assert run.stages()["teacher"]["finished_at"] == before["teacher"]["finished_at"]
 
-    # one changed data file -> new data fingerprint -> teacher and soft labels recomputed
+    # one changed training image -> new data fingerprint -> teacher and soft labels recomputed (a changed
+    # test image would retrain the teacher to the same bytes and rightly keep the soft labels)
     data = tmp_path / "data"
     shutil.copytree(tiny_folder, data)
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
-    victim = sorted((data / "class_1").iterdir())[0]
+    split = json.loads(run.split_json.read_text())
+    victim = data / sorted(i["key"] for i in split["items"] if i["split"] == "train")[0]
     Image.fromarray(np.full((40, 40), 255, np.uint8)).save(victim)
     assert main(_args(data, out, "gate.max_accuracy_drop=100")) == 0
     err = capfd.readouterr().err
@@ -120,3 +122,17 @@ def test_dkd_loss_runs(tiny_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
     assert main(["distill", str(out), "--set", "kd.loss=dkd", "--set", "train.epochs=1"]) == 0
+
+
+def test_teacher_is_reproducible_to_the_byte(tiny_run, tiny_folder, tmp_path):
+    """Same data, config and seed -> the same teacher checkpoint file: the new classifier head is seeded
+    and the safetensors header is written in a stable order (its sha256 keys the soft-label cache and
+    is embedded in every exported artifact)."""
+    out = tmp_path / "again"
+    args = ["run", "--data", str(tiny_folder), "--out", str(out), "--stages", "data,teacher"]
+    for o in TINY_OVERRIDES:
+        args += ["--set", o]
+    assert main(args) == 0
+    a = (tiny_run / "teacher" / "model.safetensors").read_bytes()
+    b = (out / "teacher" / "model.safetensors").read_bytes()
+    assert a == b
