@@ -29,29 +29,18 @@ import numpy as np
 
 from export.formats import FORMATS, FormatSpec, check_gate_keys, gate_for, resolve_formats
 from pipeline import __version__
+from pipeline.config import ExportConfig
 from pipeline.errors import EdgekdError, GateFailed
 from pipeline.progress import log
 from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_json, fingerprint, read_json, sha256_file
 
 MANIFEST_SCHEMA = "edgekd.exports/1"
-# Optional knobs: read from cfg.export when the lead adds them as fields, else these defaults.
-OPTION_DEFAULTS: dict[str, Any] = {
-    "int8_target_agreement": 0.98,  # calibration-set agreement below which sensitive layers are kept float
-    "int8_max_float_layers": 4,  # most compute layers int8 artifacts may keep float (0: none)
-    "int8_mse_fraction": 0.05,  # ... stop once calibration logit MSE is below this share of all-int8's
-    "int8_scan_images": 64,  # calibration images used by the sensitivity scan
-    "int8_min_gain": 0.1,  # a layer is kept float only if it removes this share of the remaining logit MSE
-    "int8_qat": "auto",  # QAT fine-tuning before int8 conversion: "auto" (when PTQ misses the target) | "on" | "off"
-    "int8_qat_epochs": 5,
-    "int8_qat_images": 1024,  # training images QAT fine-tunes on
-    "int8_qat_lr": 2e-4,
-    "onnx_int8_activations": "uint8",  # "uint8" (U8S8, onnxruntime's x86 fast path) or "int8"
-    "onnx_int8_reduce_range": True,  # 7-bit weights: U8S8 kernels saturate on x86 without VNNI
-    "onnx_int8_calibration": "minmax",  # "minmax" | "percentile" | "entropy"
-    "onnx_exporter": "torchscript",  # "torchscript" (fast here) | "dynamo"
-    "coreml_int8_mode": "linear",  # "linear" (int8 weights) | "palettize" (8-bit k-means LUT)
-    "parity_threads": None,  # default: cfg.train.threads or up to 4 cores
-}
+# The converters' knobs: ExportConfig fields (meanings and defaults live there, in pipeline/config.py).
+OPTION_KEYS = ("int8_target_agreement", "int8_max_float_layers", "int8_mse_fraction", "int8_scan_images",
+               "int8_min_gain", "int8_qat", "int8_qat_epochs", "int8_qat_images", "int8_qat_lr",
+               "onnx_int8_activations", "onnx_int8_reduce_range", "onnx_int8_calibration", "onnx_exporter",
+               "coreml_int8_mode", "parity_threads")
+OPTION_DEFAULTS: dict[str, Any] = {k: ExportConfig.model_fields[k].default for k in OPTION_KEYS}
 
 
 def tree_sha256(path: Path) -> str:
@@ -71,10 +60,7 @@ def tree_size(path: Path) -> int:
 
 
 def export_options(cfg) -> dict:
-    out = {}
-    for k, v in OPTION_DEFAULTS.items():
-        out[k] = getattr(cfg.export, k, v)
-    return out
+    return {k: getattr(cfg.export, k) for k in OPTION_KEYS}
 
 
 def _threads(cfg, opts: dict) -> int:

@@ -24,6 +24,7 @@ import torch
 
 from export import metadata as md
 from export.graph import xnnpack_friendly
+from export.qat import batched_logits
 from pipeline.errors import EdgekdError
 from pipeline.progress import log
 
@@ -49,17 +50,16 @@ class ExportContext:
         self.work.mkdir(parents=True, exist_ok=True)
         self.threads = int(threads)
         self.source_sha256 = source_sha256
-        self.options = dict(options or {})
+        from export.api import OPTION_DEFAULTS
+
+        self.options = {**OPTION_DEFAULTS, **(options or {})}
         self._cache: dict[str, Any] = {}
 
     # -- reference ---------------------------------------------------------------------------
     def torch_logits(self, x: np.ndarray, model: Optional[torch.nn.Module] = None) -> np.ndarray:
-        m = model or self.model
-        outs = []
-        with torch.inference_mode():
-            for i in range(0, len(x), 64):
-                outs.append(m(torch.from_numpy(np.ascontiguousarray(x[i:i + 64]))).float().numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+        if not len(x):
+            return np.zeros((0, len(self.labels)), np.float32)
+        return batched_logits(model or self.model, x)
 
     @property
     def calib_logits(self) -> np.ndarray:
@@ -75,13 +75,13 @@ class ExportContext:
         the student on fewer than int8_target_agreement of the scan images; "off" never."""
         if "int8_model" in self._cache:
             return self._cache["int8_model"]
-        mode = str(self.options.get("int8_qat", "auto"))
+        mode = str(self.options["int8_qat"])
         if mode not in ("auto", "on", "off"):
             raise EdgekdError(f"unknown int8_qat {mode!r}; use 'auto', 'on' or 'off'")
-        target = float(self.options.get("int8_target_agreement", 0.98))
+        target = float(self.options["int8_target_agreement"])
         model, info = self.model, {"used": False, "mode": mode}
         if mode == "auto":
-            n = min(len(self.calib), int(self.options.get("int8_scan_images", 64)))
+            n = min(len(self.calib), int(self.options["int8_scan_images"]))
             q = _ort_logits(_ort_quantize(self, self.onnx_fp32(), self.work / "int8", []), self.calib[:n],
                             self.threads)
             ptq = agreement(q, self.calib_logits[:n])
@@ -91,11 +91,11 @@ class ExportContext:
         if mode == "on" or (mode == "auto" and info["ptq_calibration_agreement"] < target):
             from export.qat import qat_finetune
 
-            n = int(self.options.get("int8_qat_images", 1024))
+            n = int(self.options["int8_qat_images"])
             train = self.train_images(n) if self.train_images is not None else self.calib
-            res = qat_finetune(self.model, train, self.calib, epochs=int(self.options.get("int8_qat_epochs", 5)),
-                               lr=float(self.options.get("int8_qat_lr", 2e-4)),
-                               weight_qmax=64 if self.options.get("onnx_int8_reduce_range", True) else 127)
+            res = qat_finetune(self.model, train, self.calib, epochs=int(self.options["int8_qat_epochs"]),
+                               lr=float(self.options["int8_qat_lr"]),
+                               weight_qmax=64 if self.options["onnx_int8_reduce_range"] else 127)
             model = res.model
             info.update(used=True, **res.info)
             info["float_agreement_calibration"] = round(agreement(self.torch_logits(self.calib, model),
@@ -119,7 +119,7 @@ class ExportContext:
         path = self.work / ("student.int8src.onnx" if int8_source else "student.onnx")
         x = torch.from_numpy(self.calib[:1].copy())
         t0 = time.time()
-        if self.options.get("onnx_exporter", "torchscript") == "dynamo":
+        if self.options["onnx_exporter"] == "dynamo":
             try:
                 exporter = _export_onnx_dynamo(model, x, path)
             except Exception as e:
@@ -458,17 +458,16 @@ def _greedy_float_layers(q, f, x: np.ndarray, ref: np.ndarray, threads: int, bud
     return {"chosen": chosen, "steps": steps, "ranked": [(n, round(m, 6)) for m, n, _ in single[:shortlist]]}
 
 
-def _ort_quantize(ctx: ExportContext, src: Path, folder: Path, exclude: list[str]) -> Path:
-    """onnxruntime static QDQ quantization of `src` (pre-processed once per folder), the layers in `exclude`
-    kept float. Options: onnx_int8_activations, onnx_int8_calibration, onnx_int8_reduce_range."""
+def _ort_prepared(ctx: ExportContext, src: Path, folder: Path) -> dict:
+    """`src` pre-processed for quantization into `folder` (once per folder), with the quantizer settings
+    (options onnx_int8_activations, onnx_int8_calibration, onnx_int8_reduce_range) and the models made so far."""
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quant_pre_process
 
-    folder.mkdir(parents=True, exist_ok=True)
-    pre = folder / "preprocessed.onnx"
     key = f"ort_quant_{folder}"
     if key not in ctx._cache:
+        folder.mkdir(parents=True, exist_ok=True)
+        pre = folder / "preprocessed.onnx"
         with _quiet_stdout():
             try:
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
@@ -478,29 +477,38 @@ def _ort_quantize(ctx: ExportContext, src: Path, folder: Path, exclude: list[str
         g = onnx.load(str(pre), load_external_data=False).graph
         outs = {o.name for o in g.output}
         ctx._cache[key] = {
-            "act": QuantType.QUInt8 if ctx.options.get("onnx_int8_activations", "uint8") == "uint8" else QuantType.QInt8,
+            "pre": pre,
+            "act": QuantType.QUInt8 if ctx.options["onnx_int8_activations"] == "uint8" else QuantType.QInt8,
             "method": {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                       "entropy": CalibrationMethod.Entropy}[ctx.options.get("onnx_int8_calibration", "minmax")],
+                       "entropy": CalibrationMethod.Entropy}[ctx.options["onnx_int8_calibration"]],
             "out_ops": sorted({n.op_type for n in g.node if any(o in outs for o in n.output)}),
-            "reduce_range": bool(ctx.options.get("onnx_int8_reduce_range", True)),
-            "input": _ort_session(pre, 1).get_inputs()[0].name, "n": 0}
-    o = ctx._cache[key]
-    if tuple(exclude) in o:
-        return o[tuple(exclude)]
-    o["n"] += 1
-    dst = folder / f"quantized-{o['n']}.onnx"
+            "reduce_range": bool(ctx.options["onnx_int8_reduce_range"]),
+            "input": _ort_session(pre, 1).get_inputs()[0].name,
+            "models": {}}  # tuple(excluded nodes) -> quantized model path
+    return ctx._cache[key]
+
+
+def _ort_quantize(ctx: ExportContext, src: Path, folder: Path, exclude: list[str]) -> Path:
+    """onnxruntime static QDQ quantization of `src` (see _ort_prepared), the layers in `exclude` kept float;
+    cached per (folder, exclude)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    o = _ort_prepared(ctx, src, folder)
+    if tuple(exclude) in o["models"]:
+        return o["models"][tuple(exclude)]
+    dst = folder / f"quantized-{len(o['models']) + 1}.onnx"
     with _quiet_stdout():
         # histogram calibrators stack the per-batch arrays: batches must have one size (batch 1)
         batch = 16 if o["method"] == CalibrationMethod.MinMax else 1
-        quantize_static(str(pre), str(dst), _CalibReader(ctx.calib, o["input"], batch), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=o["act"], weight_type=QuantType.QInt8,
-                        calibrate_method=o["method"], nodes_to_exclude=exclude,
+        quantize_static(str(o["pre"]), str(dst), _CalibReader(ctx.calib, o["input"], batch),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=o["act"],
+                        weight_type=QuantType.QInt8, calibrate_method=o["method"], nodes_to_exclude=exclude,
                         calibration_cache_path=str(folder / f"calibration_{o['method'].name}.json"),
                         reduce_range=o["reduce_range"],
                         # the layer writing the logits keeps a float output (quantized logits clip)
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                        "OpTypesToExcludeOutputQuantization": o["out_ops"]})
-    o[tuple(exclude)] = dst
+    o["models"][tuple(exclude)] = dst
     return dst
 
 
@@ -518,24 +526,23 @@ def int8_plan(ctx: ExportContext) -> dict:
         return ctx._cache["int8_plan"]
     import onnx
 
-    qat_model = ctx.int8_model()
-    pre_dir = ctx.work / ("int8_qat" if qat_model is not ctx.model else "int8")
-    target = float(ctx.options.get("int8_target_agreement", 0.98))
-    budget = int(ctx.options.get("int8_max_float_layers", 4))
-    full = _ort_quantize(ctx, ctx.onnx_fp32(int8_source=True), pre_dir, [])
-    pre = pre_dir / "preprocessed.onnx"
-    q_opts = ctx._cache[f"ort_quant_{pre_dir}"]
-    act, method, out_ops = q_opts["act"], q_opts["method"], q_opts["out_ops"]
-    n_scan = min(len(ctx.calib), int(ctx.options.get("int8_scan_images", 64)))
+    pre_dir = ctx.work / ("int8_qat" if ctx.int8_model() is not ctx.model else "int8")
+    target = float(ctx.options["int8_target_agreement"])
+    budget = int(ctx.options["int8_max_float_layers"])
+    src = ctx.onnx_fp32(int8_source=True)
+    full = _ort_quantize(ctx, src, pre_dir, [])
+    q_opts = _ort_prepared(ctx, src, pre_dir)
+    pre, act, method, out_ops = q_opts["pre"], q_opts["act"], q_opts["method"], q_opts["out_ops"]
+    n_scan = min(len(ctx.calib), int(ctx.options["int8_scan_images"]))
     t0 = time.time()
     sel = _greedy_float_layers(onnx.load(str(full)), onnx.load(str(pre)), ctx.calib[:n_scan],
                                ctx.calib_logits[:n_scan], ctx.threads, budget, target,
-                               float(ctx.options.get("int8_mse_fraction", 0.05)),
-                               min_gain=float(ctx.options.get("int8_min_gain", 0.1)))
+                               float(ctx.options["int8_mse_fraction"]),
+                               min_gain=float(ctx.options["int8_min_gain"]))
     chosen = sel["chosen"]
     model = full
     if chosen:
-        model = _ort_quantize(ctx, ctx.onnx_fp32(int8_source=True), pre_dir, chosen)
+        model = _ort_quantize(ctx, src, pre_dir, chosen)
     logits = _ort_logits(model, ctx.calib, ctx.threads)
     pre_model = onnx.load(str(pre), load_external_data=False)
     compute = _compute_nodes(pre_model)
@@ -694,7 +701,7 @@ def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
     content = _tflite_convert(ctx, True, cfg)
     full_agree = agreement(_tflite_run(content, ctx.calib_nhwc, ctx.threads), ctx.calib_logits)
     kept, note = [], None
-    plan = int8_plan(ctx) if ctx.options.get("int8_max_float_layers", 4) else None
+    plan = int8_plan(ctx) if ctx.options["int8_max_float_layers"] else None
     if plan and plan["kept_float"]:
         ops = _tflite_compute_ops(content)
         shapes = plan["compute_weight_shapes"]
@@ -771,7 +778,7 @@ def coreml_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
-    mode = str(ctx.options.get("coreml_int8_mode", "linear"))
+    mode = str(ctx.options["coreml_int8_mode"])
     base = _coreml_base(ctx)
     with _quiet_stdout():
         if mode == "linear":

@@ -99,6 +99,15 @@ def bench(models: dict[str, bytes], threads: int, rounds: int, per_round: int = 
                 "cpu_p50": float(np.median(cpu[k]))} for k in its}
 
 
+def _context(model, calib: np.ndarray, size: int, work: Path, **options):
+    """The export stage's context for the study's model (QAT off: the study measures graphs, not weights)."""
+    import export.converters as conv
+
+    return conv.ExportContext(model=model, arch="mobilenet_v3_small", labels=list("abcd"), image_size=size,
+                              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), calib=calib, work=work,
+                              threads=1, source_sha256="-", options={"int8_qat": "off", **options})
+
+
 def onnx_variants(size: int, work: Path) -> dict[str, Path]:
     """The export stage's ONNX fp32 and QDQ int8 (uint8 and int8 activations) of the same model."""
     import export.converters as conv
@@ -110,11 +119,8 @@ def onnx_variants(size: int, work: Path) -> dict[str, Path]:
     model = _model(size, bn)
     out = {}
     for act in ("uint8", "int8"):
-        ctx = conv.ExportContext(model=model, arch="mobilenet_v3_small", labels=list("abcd"), image_size=size,
-                                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), calib=calib,
-                                 work=work / f"onnx-{act}", threads=1, source_sha256="-",
-                                 options={"onnx_int8_activations": act, "int8_max_float_layers": 0,
-                                          "int8_qat": "off"})
+        ctx = _context(model, calib, size, work / f"onnx-{act}", onnx_int8_activations=act,
+                       int8_max_float_layers=0)
         meta = md.model_json(spec=FORMATS["onnx-int8"], arch="x", labels=list("abcd"), height=size, width=size,
                              mean=ctx.mean, std=ctx.std, source_sha256="-")
         if act == "uint8":
@@ -159,9 +165,7 @@ def convert_all(size: int, work: Path) -> dict[str, bytes]:
     model = _model(size, bn)
     out = {}
     for variant in ("naive", "edgekd"):
-        ctx = conv.ExportContext(model=model, arch="mobilenet_v3_small", labels=list("abcd"), image_size=size,
-                                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), calib=calib,
-                                 work=work / variant, threads=1, source_sha256="-", options={"int8_qat": "off"})
+        ctx = _context(model, calib, size, work / variant)
         patch = contextlib.nullcontext()
         if variant == "naive":
             patch = _patched(conv, "xnnpack_friendly", lambda m, int8: copy.deepcopy(m).eval())

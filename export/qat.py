@@ -180,7 +180,8 @@ def _batches(n: int, bs: int, rng: np.random.Generator) -> list[np.ndarray]:
     return [idx[i:i + bs] for i in range(0, n, bs)]
 
 
-def _logits(model: nn.Module, x: np.ndarray, bs: int = 64) -> np.ndarray:
+def batched_logits(model: nn.Module, x: np.ndarray, bs: int = 64) -> np.ndarray:
+    """float32 logits of normalised NCHW images, in batches, without autograd."""
     with torch.inference_mode():
         return torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[i:i + bs]))) for i in range(0, len(x), bs)]
                          ).float().numpy()
@@ -190,7 +191,7 @@ def _calibrate(model: nn.Module, qp: QuantPoints, calib: np.ndarray) -> None:
     for p in qp.points:
         p.reset()
     qp.set_mode("observe")
-    _logits(model, calib)
+    batched_logits(model, calib)
     qp.set_mode("quant")
 
 
@@ -220,9 +221,9 @@ def qat_finetune(model: nn.Module, train_x: np.ndarray, calib: np.ndarray, *, ep
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             P.register_parametrization(m, "weight", WeightFakeQuant(weight_qmax))
     qp = attach_quant_points(q, logits_layer=_last_linear(q))
-    ref_calib = _logits(ref_model, calib)
+    ref_calib = batched_logits(ref_model, calib)
     _calibrate(q, qp, calib)
-    sim = _logits(q, calib)
+    sim = batched_logits(q, calib)
     before = _agree(sim, ref_calib)
     best = (float(((sim - ref_calib) ** 2).mean()), 0, copy.deepcopy(q.state_dict()))
     params = [p for p in q.parameters() if p.requires_grad]
@@ -256,7 +257,7 @@ def qat_finetune(model: nn.Module, train_x: np.ndarray, calib: np.ndarray, *, ep
             if should_stop is not None and should_stop():
                 break
         _calibrate(q, qp, calib)
-        sim = _logits(q, calib)
+        sim = batched_logits(q, calib)
         agree, mse = _agree(sim, ref_calib), float(((sim - ref_calib) ** 2).mean())
         history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 6),
                         "calibration_mse": round(mse, 6), "calibration_agreement": round(agree, 4)})

@@ -10,24 +10,15 @@ import torch.nn as nn
 import torchvision
 
 from export.graph import xnnpack_friendly
+from export.int8_latency import _model as bn_calibrated_model
 from export.qat import attach_quant_points, qat_finetune
 
 SIZE = 32
 
 
-def _tiny_student(seed: int = 0) -> nn.Module:
+def _tiny_student() -> nn.Module:
     """MobileNetV3-Small (4 classes) whose BN statistics come from data, so activations have real ranges."""
-    torch.manual_seed(seed)
-    m = torchvision.models.mobilenet_v3_small(num_classes=4)
-    x = _images(32, seed + 100)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.reset_running_stats()
-            mod.momentum = None
-    m.train()
-    with torch.no_grad():
-        m(torch.from_numpy(x))
-    return m.eval()
+    return bn_calibrated_model(SIZE, _images(32, 100))
 
 
 def _images(n: int, seed: int) -> np.ndarray:
