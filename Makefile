@@ -9,7 +9,7 @@ export MALLOC_TRIM_THRESHOLD_ := 100000000000
 # Idle OpenMP threads sleep instead of spinning: spinning collapses throughput on busy cores.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: venv demo full test test-fast clean
+.PHONY: venv demo full test test-fast lint clean
 
 $(BIN)/edgekd: requirements/lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,10 +30,15 @@ demo: venv  ## the default pipeline (quick preset, ELPV) end to end
 full: venv  ## the quality preset whose numbers README records
 	$(BIN)/edgekd run --preset full --out runs/elpv-full
 
-test: venv  ## the whole test suite
+lint: venv  ## layers (import-linter, see pyproject.toml), ruff lint and format
+	$(BIN)/python tools/lint_imports.py
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint  ## lint, then the whole test suite
 	$(BIN)/python -m pytest -q
 
-test-fast: venv
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:

@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pipeline.errors import EdgekdError
-from pipeline.report import load_report
-from pipeline.rundir import RunDir, atomic_write_bytes
-
-from benchmarks.report import MEASUREMENT_HEADERS, measurement_rows, pct, to_markdown
+from edgekd.benchmarks.report import MEASUREMENT_HEADERS, measurement_rows, pct, to_markdown
+from edgekd.pipeline.errors import EdgekdError
+from edgekd.pipeline.report import load_report
+from edgekd.pipeline.rundir import RunDir, atomic_write_bytes
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -38,8 +37,14 @@ def _measurements(rep: dict) -> dict[str, dict]:
 def _fmt(v: Optional[float], kind: str) -> str:
     if v is None:
         return "—"
-    return {"pct": lambda x: f"{x * 100:.1f}%", "ms": lambda x: f"{x:.3f}", "mb": lambda x: f"{x / 1e6:.2f}",
-            "pts": lambda x: f"{x:+.1f}", "x": lambda x: f"{x:g}x", "n": lambda x: f"{x:.0f}"}[kind](v)
+    return {
+        "pct": lambda x: f"{x * 100:.1f}%",
+        "ms": lambda x: f"{x:.3f}",
+        "mb": lambda x: f"{x / 1e6:.2f}",
+        "pts": lambda x: f"{x:+.1f}",
+        "x": lambda x: f"{x:g}x",
+        "n": lambda x: f"{x:.0f}",
+    }[kind](v)
 
 
 def _delta(a: Optional[float], b: Optional[float], kind: str) -> str:
@@ -64,13 +69,29 @@ def compare_rows(ra: dict, rb: dict) -> list[list[str]]:
     ga = {g["name"]: g for g in ra.get("goals") or []}
     gb = {g["name"]: g for g in rb.get("goals") or []}
     for name in list(dict.fromkeys([*ga, *gb])):
-        add(f"goal {name} ({(ga.get(name) or gb.get(name))['target']})", (ga.get(name) or {}).get("value"),
-            (gb.get(name) or {}).get("value"), "x")
+        add(
+            f"goal {name} ({(ga.get(name) or gb.get(name))['target']})",
+            (ga.get(name) or {}).get("value"),
+            (gb.get(name) or {}).get("value"),
+            "x",
+        )
     return rows
 
 
-MEASUREMENT_COMPARE_HEADERS = ["measurement", "accuracy A", "accuracy B", "p50 ms A", "p50 ms B", "Δ p50",
-                               "size MB A", "size MB B", "peak RSS MB A", "peak RSS MB B", "status A", "status B"]
+MEASUREMENT_COMPARE_HEADERS = [
+    "measurement",
+    "accuracy A",
+    "accuracy B",
+    "p50 ms A",
+    "p50 ms B",
+    "Δ p50",
+    "size MB A",
+    "size MB B",
+    "peak RSS MB A",
+    "peak RSS MB B",
+    "status A",
+    "status B",
+]
 
 
 def compare_measurement_rows(ra: dict, rb: dict) -> list[list[str]]:
@@ -80,10 +101,22 @@ def compare_measurement_rows(ra: dict, rb: dict) -> list[list[str]]:
     for key in list(dict.fromkeys([*ma, *mb_])):
         a, b = ma.get(key) or {}, mb_.get(key) or {}
         pa, pb = (a.get("latency_ms") or {}).get("p50"), (b.get("latency_ms") or {}).get("p50")
-        rows.append([key, _fmt(a.get("accuracy"), "pct"), _fmt(b.get("accuracy"), "pct"), _fmt(pa, "ms"),
-                     _fmt(pb, "ms"), _delta(pa, pb, "ms"), _fmt(a.get("size_bytes"), "mb"),
-                     _fmt(b.get("size_bytes"), "mb"), _fmt(a.get("peak_rss_mb"), "n"), _fmt(b.get("peak_rss_mb"), "n"),
-                     a.get("status") or "absent", b.get("status") or "absent"])
+        rows.append(
+            [
+                key,
+                _fmt(a.get("accuracy"), "pct"),
+                _fmt(b.get("accuracy"), "pct"),
+                _fmt(pa, "ms"),
+                _fmt(pb, "ms"),
+                _delta(pa, pb, "ms"),
+                _fmt(a.get("size_bytes"), "mb"),
+                _fmt(b.get("size_bytes"), "mb"),
+                _fmt(a.get("peak_rss_mb"), "n"),
+                _fmt(b.get("peak_rss_mb"), "n"),
+                a.get("status") or "absent",
+                b.get("status") or "absent",
+            ]
+        )
     return rows
 
 
@@ -94,15 +127,22 @@ def compare(run_a: str | Path, run_b: str | Path, out: Optional[Path] = None) ->
     na, nb = a.root.name or str(a.root), b.root.name or str(b.root)
     if na == nb:
         na, nb = str(a.root), str(b.root)
-    blocks = [("h1", f"edgekd: {na} vs {nb}"),
-              ("p", f"A = {a.root} ({(ra.get('config') or {}).get('preset', '?')} preset), "
-                    f"B = {b.root} ({(rb.get('config') or {}).get('preset', '?')} preset). "
-                    "Δ is B relative to A; latencies from two runs compare only on one machine."),
-              ("table", ["metric", na, nb, "Δ (B vs A)"], compare_rows(ra, rb))]
+    blocks = [
+        ("h1", f"edgekd: {na} vs {nb}"),
+        (
+            "p",
+            f"A = {a.root} ({(ra.get('config') or {}).get('preset', '?')} preset), "
+            f"B = {b.root} ({(rb.get('config') or {}).get('preset', '?')} preset). "
+            "Δ is B relative to A; latencies from two runs compare only on one machine.",
+        ),
+        ("table", ["metric", na, nb, "Δ (B vs A)"], compare_rows(ra, rb)),
+    ]
     mrows = compare_measurement_rows(ra, rb)
     if mrows:
-        blocks += [("h2", "Measurements (A = " + na + ", B = " + nb + ")"),
-                   ("table", MEASUREMENT_COMPARE_HEADERS, mrows)]
+        blocks += [
+            ("h2", "Measurements (A = " + na + ", B = " + nb + ")"),
+            ("table", MEASUREMENT_COMPARE_HEADERS, mrows),
+        ]
     for label, r in (("A", ra), ("B", rb)):
         if r.get("headline"):
             blocks.append(("p", f"{label}: {r['headline']}"))
@@ -112,26 +152,40 @@ def compare(run_a: str | Path, run_b: str | Path, out: Optional[Path] = None) ->
     return text, out
 
 
-def save_results(run: RunDir, name: str, command: str, comparison: Optional[str] = None,
-                 results_dir: Path = RESULTS_DIR) -> Path:
+def save_results(
+    run: RunDir, name: str, command: str, comparison: Optional[str] = None, results_dir: Path = RESULTS_DIR
+) -> Path:
     """benchmarks/results/<name>.md: command, machine, date, headline, table, goals."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", name):
         raise EdgekdError(f"--save-results name {name!r}: use letters, digits, '.', '_' or '-'")
     rep = load_report(run)
     m = rep.get("bench_machine") or rep.get("machine") or {}
-    blocks = [("h1", f"edgekd benchmark: {name}"),
-              ("list", [f"command: `{command}`", f"date: {m.get('date') or time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
-                        f"machine: {m.get('cpu')}, {m.get('cores')} cores ({m.get('cores_available', '?')} available), "
-                        f"{m.get('platform')}",
-                        "runtimes: " + ", ".join(f"{k} {v}" for k, v in (m.get("runtimes") or {}).items() if v),
-                        f"run: {run.root} ({(rep.get('config') or {}).get('preset', '?')} preset)"])]
+    blocks = [
+        ("h1", f"edgekd benchmark: {name}"),
+        (
+            "list",
+            [
+                f"command: `{command}`",
+                f"date: {m.get('date') or time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
+                f"machine: {m.get('cpu')}, {m.get('cores')} cores ({m.get('cores_available', '?')} available), "
+                f"{m.get('platform')}",
+                "runtimes: " + ", ".join(f"{k} {v}" for k, v in (m.get("runtimes") or {}).items() if v),
+                f"run: {run.root} ({(rep.get('config') or {}).get('preset', '?')} preset)",
+            ],
+        ),
+    ]
     if rep.get("headline"):
         blocks.append(("strong", rep["headline"]))
     t, s = rep.get("teacher") or {}, rep.get("student") or {}
     if t and s:
-        blocks.append(("p", f"PyTorch test accuracy: teacher {t.get('arch')} {pct(t.get('accuracy'))}, student "
-                            f"{s.get('arch')} {pct(s.get('accuracy'))}, baseline "
-                            f"{pct((rep.get('baseline') or {}).get('accuracy'))}."))
+        blocks.append(
+            (
+                "p",
+                f"PyTorch test accuracy: teacher {t.get('arch')} {pct(t.get('accuracy'))}, student "
+                f"{s.get('arch')} {pct(s.get('accuracy'))}, baseline "
+                f"{pct((rep.get('baseline') or {}).get('accuracy'))}.",
+            )
+        )
     entries = (rep.get("teacher_bench") or []) + (rep.get("student_bench") or []) + (rep.get("artifacts") or [])
     if entries:
         blocks.append(("table", MEASUREMENT_HEADERS, measurement_rows(entries)))
@@ -140,9 +194,22 @@ def save_results(run: RunDir, name: str, command: str, comparison: Optional[str]
     goals = rep.get("goals") or []
     if goals:
         blocks.append(("h2", "Goals"))
-        blocks.append(("table", ["goal", "target", "value", "status", "detail"],
-                       [[g["name"], g["target"], "—" if g["value"] is None else f"{g['value']:g}x", g["status"],
-                         g["detail"]] for g in goals]))
+        blocks.append(
+            (
+                "table",
+                ["goal", "target", "value", "status", "detail"],
+                [
+                    [
+                        g["name"],
+                        g["target"],
+                        "—" if g["value"] is None else f"{g['value']:g}x",
+                        g["status"],
+                        g["detail"],
+                    ]
+                    for g in goals
+                ],
+            )
+        )
     text = to_markdown(blocks)
     if comparison:
         text += "\n" + comparison.replace("# edgekd:", "## Comparison:", 1)

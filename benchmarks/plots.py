@@ -21,8 +21,11 @@ def _png(fig) -> bytes:
 
 
 def _measured(entries: list[dict], profile: Optional[str]) -> list[dict]:
-    return [e for e in entries if e.get("status") == "ok" and e.get("latency_ms")
-            and (profile is None or e.get("profile") == profile)]
+    return [
+        e
+        for e in entries
+        if e.get("status") == "ok" and e.get("latency_ms") and (profile is None or e.get("profile") == profile)
+    ]
 
 
 def _label(e: dict) -> str:
@@ -39,16 +42,28 @@ def pareto(entries: list[dict], profile: Optional[str]) -> Optional[bytes]:
     offsets = [(5, 4), (5, -11), (5, 15), (5, -22)]  # staggered labels: artifacts often sit close together
     for i, e in enumerate(sorted(pts, key=lambda e: e["latency_ms"]["p50"])):
         x, y = e["latency_ms"]["p50"], e["accuracy"] * 100
-        ax.scatter([x], [y], s=50, color=colors.get(e.get("model"), "tab:gray"),
-                   marker="s" if e.get("model") == "teacher" else "o", zorder=3)
+        ax.scatter(
+            [x],
+            [y],
+            s=50,
+            color=colors.get(e.get("model"), "tab:gray"),
+            marker="s" if e.get("model") == "teacher" else "o",
+            zorder=3,
+        )
         ax.annotate(_label(e), (x, y), textcoords="offset points", xytext=offsets[i % len(offsets)], fontsize=8)
     front, best = [], -1.0
     for e in sorted(pts, key=lambda e: (e["latency_ms"]["p50"], -e["accuracy"])):
         if e["accuracy"] > best:
             front.append(e)
             best = e["accuracy"]
-    ax.step([e["latency_ms"]["p50"] for e in front], [e["accuracy"] * 100 for e in front], where="post",
-            color="tab:green", alpha=0.6, label="Pareto front")
+    ax.step(
+        [e["latency_ms"]["p50"] for e in front],
+        [e["accuracy"] * 100 for e in front],
+        where="post",
+        color="tab:green",
+        alpha=0.6,
+        label="Pareto front",
+    )
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
 
@@ -117,8 +132,15 @@ def confusion(matrices: dict[str, list[list[int]]], classes: list[str]) -> Optio
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(m[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
         labels = classes if len(classes) == m.shape[0] else [str(i) for i in range(m.shape[0])]
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -141,13 +163,29 @@ def training_curves(histories: dict[str, list[dict]]) -> Optional[bytes]:
         color = f"C{idx}"
         ep = [r.get("epoch", i + 1) for i, r in enumerate(h)]
         if any(r.get("val_accuracy") is not None for r in h):
-            a1.plot(ep, [nan if r.get("val_accuracy") is None else r["val_accuracy"] * 100 for r in h],
-                    marker="o", color=color, label=f"{name} val")
+            a1.plot(
+                ep,
+                [nan if r.get("val_accuracy") is None else r["val_accuracy"] * 100 for r in h],
+                marker="o",
+                color=color,
+                label=f"{name} val",
+            )
         if any(r.get("train_accuracy") is not None for r in h):
-            a1.plot(ep, [nan if r.get("train_accuracy") is None else r["train_accuracy"] * 100 for r in h],
-                    linestyle="--", alpha=0.6, color=color, label=f"{name} train")
-        a2.plot(ep, [nan if r.get("train_loss") is None else r["train_loss"] for r in h], marker=".", color=color,
-                label=name)
+            a1.plot(
+                ep,
+                [nan if r.get("train_accuracy") is None else r["train_accuracy"] * 100 for r in h],
+                linestyle="--",
+                alpha=0.6,
+                color=color,
+                label=f"{name} train",
+            )
+        a2.plot(
+            ep,
+            [nan if r.get("train_loss") is None else r["train_loss"] for r in h],
+            marker=".",
+            color=color,
+            label=name,
+        )
     for ax in (a1, a2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     a1.set_xlabel("epoch")

@@ -2,7 +2,9 @@
 
     render(run) -> (report.md path, report.html path)
 
-Works at any point after the evaluate stage: sections without data say so. The markdown links
+THE report renderer: the stage runner calls `render(run)` after the stages, so it works at any point
+after the evaluate stage (sections without data say so) and imports nothing above this package. One
+function per section (SECTIONS, top to bottom) turns report.json into blocks. The markdown links
 its figures from RUN_DIR/report_files/*.png; the HTML embeds them as base64 data URIs, has no
 external resources and opens offline. Both come from one list of blocks, so they say the same.
 """
@@ -15,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.report import load_report
-from pipeline.rundir import RunDir, atomic_write_bytes, read_json
+from edgekd.pipeline.report import load_report
+from edgekd.pipeline.rundir import RunDir, atomic_write_bytes, read_json
 
 FIGURES = ("pareto", "size_memory", "confusion", "training_curves")
 Block = tuple  # ("h1"|"h2"|"h3"|"p"|"strong"|"list"|"table"|"img"|"code", ...)
@@ -49,28 +51,73 @@ def _first_profile(rep: dict) -> Optional[str]:
     return profs[0]["profile"] if profs else None
 
 
+def _references(rep: dict) -> list[dict]:
+    """The teacher and PyTorch student measurements (the yardsticks beside the artifacts)."""
+    return (rep.get("teacher_bench") or []) + (rep.get("student_bench") or [])
+
+
 def measurement_rows(entries: list[dict]) -> list[list[str]]:
     rows = []
     for e in entries:
         lat = e.get("latency_ms") or {}
-        thr = "—" if e.get("threads") is None else (
-            f"{e['threads']}" + (f" of {e['threads_requested']}" if e.get("threads_requested") not in
-                                 (None, e["threads"]) else ""))
+        thr = (
+            "—"
+            if e.get("threads") is None
+            else (
+                f"{e['threads']}"
+                + (f" of {e['threads_requested']}" if e.get("threads_requested") not in (None, e["threads"]) else "")
+            )
+        )
         status = e.get("status") or "—"
         if e.get("early_stop"):
             status += " (stopped at time cap)"
-        rows.append([e.get("name") or "?", e.get("model") or "", e.get("format") or "", e.get("precision") or "—",
-                     e.get("profile") or "—", thr, mb(e.get("size_bytes")), pct(e.get("accuracy")),
-                     pct(e.get("agreement_teacher")), pct(e.get("agreement_student")), ms(lat.get("p50")),
-                     ms(lat.get("p95")), ms(lat.get("p99")), num(e.get("throughput_ips"), 1),
-                     num(e.get("peak_rss_mb"), 0), ms(e.get("load_ms")), ms(e.get("first_inference_ms")),
-                     e.get("parity_status") or "—", status])
+        rows.append(
+            [
+                e.get("name") or "?",
+                e.get("model") or "",
+                e.get("format") or "",
+                e.get("precision") or "—",
+                e.get("profile") or "—",
+                thr,
+                mb(e.get("size_bytes")),
+                pct(e.get("accuracy")),
+                pct(e.get("agreement_teacher")),
+                pct(e.get("agreement_student")),
+                ms(lat.get("p50")),
+                ms(lat.get("p95")),
+                ms(lat.get("p99")),
+                num(e.get("throughput_ips"), 1),
+                num(e.get("peak_rss_mb"), 0),
+                ms(e.get("load_ms")),
+                ms(e.get("first_inference_ms")),
+                e.get("parity_status") or "—",
+                status,
+            ]
+        )
     return rows
 
 
-MEASUREMENT_HEADERS = ["artifact", "model", "format", "precision", "profile", "threads", "size", "accuracy",
-                       "agree teacher", "agree student", "p50 ms", "p95 ms", "p99 ms", "throughput /s",
-                       "peak RSS MB", "load ms", "first inference ms", "parity", "status"]
+MEASUREMENT_HEADERS = [
+    "artifact",
+    "model",
+    "format",
+    "precision",
+    "profile",
+    "threads",
+    "size",
+    "accuracy",
+    "agree teacher",
+    "agree student",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "throughput /s",
+    "peak RSS MB",
+    "load ms",
+    "first inference ms",
+    "parity",
+    "status",
+]
 
 
 def latency_rows(entries: list[dict]) -> list[list[str]]:
@@ -79,14 +126,16 @@ def latency_rows(entries: list[dict]) -> list[list[str]]:
         lat = e.get("latency_ms")
         if not lat:
             continue
-        rows.append([e["name"], e.get("profile") or "—", str(e.get("queries") or "—")]
-                    + [ms(lat.get(k)) for k in ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")]
-                    + [ms(e.get("compute_bound_ms")) if e.get("compute_bound_ms") else "—"])
+        rows.append(
+            [e["name"], e.get("profile") or "—", str(e.get("queries") or "—")]
+            + [ms(lat.get(k)) for k in ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")]
+            + [ms(e.get("compute_bound_ms")) if e.get("compute_bound_ms") else "—"]
+        )
     return rows
 
 
 # ----------------------------------------------------------------------------------------
-# the blocks
+# the sections: each (run, report.json, figures) -> blocks
 
 
 def _histories(run: RunDir) -> dict[str, list[dict]]:
@@ -100,116 +149,202 @@ def _histories(run: RunDir) -> dict[str, list[dict]]:
     return out
 
 
-def build(run: RunDir, rep: dict) -> tuple[list[Block], dict[str, bytes]]:
-    from benchmarks import plots
-
+def summary_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    """Title, headline, and the distillation result in one sentence."""
     cfg = rep.get("config") or {}
     blocks: list[Block] = [("h1", f"edgekd run: {cfg.get('name', run.root.name)} ({cfg.get('preset', '?')} preset)")]
-    figures: dict[str, bytes] = {}
     t, s, b = rep.get("teacher"), rep.get("student"), rep.get("baseline")
     if rep.get("headline"):
         blocks.append(("strong", rep["headline"]))
     if t and s:
         drop = (s["accuracy"] - t["accuracy"]) * 100
-        line = (f"Distilled student {s.get('arch')}: {pct(s['accuracy'])} vs teacher {t.get('arch')} "
-                f"{pct(t['accuracy'])} ({drop:+.1f} pts)")
+        line = (
+            f"Distilled student {s.get('arch')}: {pct(s['accuracy'])} vs teacher {t.get('arch')} "
+            f"{pct(t['accuracy'])} ({drop:+.1f} pts)"
+        )
         if b:
             line += f"; hard-label baseline {pct(b['accuracy'])} (KD {rep.get('kd_gain_points', 0):+.1f} pts)"
         blocks.append(("p", line + "."))
     if not rep:
         blocks.append(("p", "report.json is empty: run `edgekd run` (at least up to the evaluate stage) first."))
+    return blocks
 
-    # models ---------------------------------------------------------------------------------
-    if t or s:
-        blocks.append(("h2", "Models (PyTorch, test split)"))
-        rows = []
-        for name, r in (("teacher", t), ("student (KD)", s), ("baseline (hard labels)", b)):
-            if not r:
-                continue
-            rows.append([name, str(r.get("arch")), f"{r['params'] / 1e6:.2f} M" if r.get("params") else "—",
-                         pct(r.get("accuracy")), num(r.get("macro_f1"), 3), num(r.get("ece"), 3),
-                         pct(r.get("agreement_teacher"))])
-        blocks.append(("table", ["model", "arch", "params", "accuracy", "macro-F1", "ECE", "agreement with teacher"],
-                       rows))
 
-    # measurements ---------------------------------------------------------------------------
-    blocks.append(("h2", "On-device-style benchmark"))
-    benched = "artifacts" in rep
-    arts = rep.get("artifacts") or []
-    refs = (rep.get("teacher_bench") or []) + (rep.get("student_bench") or [])
-    prof = _first_profile(rep)
-    if not benched:
+def models_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    """Teacher, student and baseline in PyTorch on the test split (evaluate stage)."""
+    t, s, b = rep.get("teacher"), rep.get("student"), rep.get("baseline")
+    if not (t or s):
+        return []
+    rows = []
+    for name, r in (("teacher", t), ("student (KD)", s), ("baseline (hard labels)", b)):
+        if not r:
+            continue
+        rows.append(
+            [
+                name,
+                str(r.get("arch")),
+                f"{r['params'] / 1e6:.2f} M" if r.get("params") else "—",
+                pct(r.get("accuracy")),
+                num(r.get("macro_f1"), 3),
+                num(r.get("ece"), 3),
+                pct(r.get("agreement_teacher")),
+            ]
+        )
+    return [
+        ("h2", "Models (PyTorch, test split)"),
+        ("table", ["model", "arch", "params", "accuracy", "macro-F1", "ECE", "agreement with teacher"], rows),
+    ]
+
+
+def benchmark_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    """The measurements of the bench stage: one table row per subject and profile, latency distributions."""
+    blocks: list[Block] = [("h2", "On-device-style benchmark")]
+    if "artifacts" not in rep:
         blocks.append(("p", f"Not benchmarked yet: run `edgekd bench {run.root}`."))
-    else:
-        st = rep.get("bench_settings") or {}
-        blocks.append(("p", f"Each artifact runs in its own fresh process: load, first inference, "
-                            f"{st.get('warmup', '?')} warm-up runs, then single-stream batch-1 queries until at least "
-                            f"{st.get('min_queries', '?')} queries and {st.get('min_seconds', '?')} s. Accuracy and "
-                            f"agreement on {st.get('accuracy_images', '?')} test images. Peak RSS is the whole "
-                            f"process (runtime included) before the accuracy pass."))
-        measured = refs + arts
-        if measured:
-            blocks.append(("table", MEASUREMENT_HEADERS, measurement_rows(measured)))
-        if not arts:
-            blocks.append(("p", "No exported artifacts yet: run the export stage "
-                                f"(`edgekd run --out {run.root} --stages export,bench`). The teacher and the PyTorch "
-                                "student above are measured for reference."))
-        not_measured = [e for e in arts if e.get("status") != "ok"]
-        if not_measured:
-            blocks.append(("h3", "Artifacts not measured"))
-            blocks.append(("list", [f"{e['name']} ({e.get('format')} {e.get('precision') or ''}): {e['status']} — "
-                                    f"{e.get('reason') or 'no reason given'}" for e in not_measured]))
-        lrows = latency_rows(measured)
-        if lrows:
-            blocks.append(("h3", "Latency distribution (ms)"))
-            blocks.append(("table", ["artifact", "profile", "queries", "mean", "std", "min", "p50", "p90", "p95",
-                                     "p99", "max", "fp32 compute bound"], lrows))
-    made = [f"{r['name']}: {r['int8_method']}" for r in (rep.get("exports") or {}).get("artifacts", [])
-            if r.get("int8_method")]
-    if made:
-        blocks.append(("h3", "How the int8 artifacts were made"))
-        blocks.append(("list", made))
-    # goals
-    goals = rep.get("goals") or []
-    blocks.append(("h2", "Goals"))
-    if goals:
-        blocks.append(("table", ["goal", "target", "value", "status", "detail"],
-                       [[g["name"], g["target"], "—" if g["value"] is None else f"{g['value']:g}x", g["status"],
-                         g["detail"]] for g in goals]))
-        blocks.append(("p", "Goals are reported, not enforced. The compute bound assumes every multiply-accumulate "
-                            "runs as one lane of a fused multiply-add at the clock shown under Machine; memory "
-                            "traffic, depthwise convolutions and framework overhead are ignored, so small models sit "
-                            "well above it."))
-    else:
-        blocks.append(("p", "No goals evaluated yet (they come with the benchmark)."))
+        return blocks
+    arts = rep.get("artifacts") or []
+    st = rep.get("bench_settings") or {}
+    blocks.append(
+        (
+            "p",
+            f"Each artifact runs in its own fresh process: load, first inference, "
+            f"{st.get('warmup', '?')} warm-up runs, then single-stream batch-1 queries until at least "
+            f"{st.get('min_queries', '?')} queries and {st.get('min_seconds', '?')} s. Accuracy and "
+            f"agreement on {st.get('accuracy_images', '?')} test images. Peak RSS is the whole "
+            f"process (runtime included) before the accuracy pass.",
+        )
+    )
+    measured = _references(rep) + arts
+    if measured:
+        blocks.append(("table", MEASUREMENT_HEADERS, measurement_rows(measured)))
+    if not arts:
+        blocks.append(
+            (
+                "p",
+                "No exported artifacts yet: run the export stage "
+                f"(`edgekd run --out {run.root} --stages export,bench`). The teacher and the PyTorch "
+                "student above are measured for reference.",
+            )
+        )
+    not_measured = [e for e in arts if e.get("status") != "ok"]
+    if not_measured:
+        blocks.append(("h3", "Artifacts not measured"))
+        blocks.append(
+            (
+                "list",
+                [
+                    f"{e['name']} ({e.get('format')} {e.get('precision') or ''}): {e['status']} — "
+                    f"{e.get('reason') or 'no reason given'}"
+                    for e in not_measured
+                ],
+            )
+        )
+    lrows = latency_rows(measured)
+    if lrows:
+        blocks.append(("h3", "Latency distribution (ms)"))
+        blocks.append(
+            (
+                "table",
+                [
+                    "artifact",
+                    "profile",
+                    "queries",
+                    "mean",
+                    "std",
+                    "min",
+                    "p50",
+                    "p90",
+                    "p95",
+                    "p99",
+                    "max",
+                    "fp32 compute bound",
+                ],
+                lrows,
+            )
+        )
+    return blocks
 
-    # plots ----------------------------------------------------------------------------------
-    blocks.append(("h2", "Plots"))
+
+def int8_methods_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    """How each int8 artifact was made (export stage)."""
+    made = [
+        f"{r['name']}: {r['int8_method']}"
+        for r in (rep.get("exports") or {}).get("artifacts", [])
+        if r.get("int8_method")
+    ]
+    if not made:
+        return []
+    return [("h3", "How the int8 artifacts were made"), ("list", made)]
+
+
+def goals_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    goals = rep.get("goals") or []
+    if not goals:
+        return [("h2", "Goals"), ("p", "No goals evaluated yet (they come with the benchmark).")]
+    return [
+        ("h2", "Goals"),
+        (
+            "table",
+            ["goal", "target", "value", "status", "detail"],
+            [
+                [g["name"], g["target"], "—" if g["value"] is None else f"{g['value']:g}x", g["status"], g["detail"]]
+                for g in goals
+            ],
+        ),
+        (
+            "p",
+            "Goals are reported, not enforced. The compute bound assumes every multiply-accumulate "
+            "runs as one lane of a fused multiply-add at the clock shown under Machine; memory "
+            "traffic, depthwise convolutions and framework overhead are ignored, so small models sit "
+            "well above it.",
+        ),
+    ]
+
+
+def plots_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    """The figures that have data (added to `figures` as PNG bytes by name)."""
+    from edgekd.benchmarks import plots
+
+    t, s = rep.get("teacher"), rep.get("student")
+    blocks: list[Block] = [("h2", "Plots")]
     fig_specs = []
-    if benched:
-        fig_specs.append(("pareto", plots.pareto(refs + arts, prof), "Accuracy vs latency (Pareto front)"))
-        fig_specs.append(("size_memory", plots.size_memory(refs + arts, prof), "File size and peak memory"))
+    if "artifacts" in rep:
+        entries, prof = _references(rep) + (rep.get("artifacts") or []), _first_profile(rep)
+        fig_specs.append(("pareto", plots.pareto(entries, prof), "Accuracy vs latency (Pareto front)"))
+        fig_specs.append(("size_memory", plots.size_memory(entries, prof), "File size and peak memory"))
     classes = (rep.get("data") or {}).get("classes") or list(((t or {}).get("per_class_recall") or {}).keys())
-    fig_specs.append(("confusion", plots.confusion({k: (r or {}).get("confusion_matrix") for k, r in
-                                                    (("teacher", t), ("student (KD)", s))}, classes),
-                      "Confusion matrices on the test split (rows: true class; colour: row share)"))
-    fig_specs.append(("training_curves", plots.training_curves(_histories(run)),
-                      "Training curves: KD student vs hard-label baseline"))
-    shown = 0
+    fig_specs.append(
+        (
+            "confusion",
+            plots.confusion(
+                {k: (r or {}).get("confusion_matrix") for k, r in (("teacher", t), ("student (KD)", s))}, classes
+            ),
+            "Confusion matrices on the test split (rows: true class; colour: row share)",
+        )
+    )
+    fig_specs.append(
+        (
+            "training_curves",
+            plots.training_curves(_histories(run)),
+            "Training curves: KD student vs hard-label baseline",
+        )
+    )
     for name, png, caption in fig_specs:
         if png:
             figures[name] = png
             blocks.append(("img", name, caption))
-            shown += 1
-    if not shown:
+    if len(blocks) == 1:
         blocks.append(("p", "No data to plot yet."))
+    return blocks
 
-    # gates ----------------------------------------------------------------------------------
-    blocks.append(("h2", "Gates"))
-    gate_items = [f"{'PASS' if g.get('passed') else 'FAIL'} {g.get('name')}: {g.get('message')}"
-                  for g in rep.get("gates") or []]
+
+def gates_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    """The distillation gates, then each artifact's export parity (once per artifact)."""
+    gate_items = [
+        f"{'PASS' if g.get('passed') else 'FAIL'} {g.get('name')}: {g.get('message')}" for g in rep.get("gates") or []
+    ]
     seen = set()
-    for e in arts:
+    for e in rep.get("artifacts") or []:
         if e["name"] in seen:
             continue
         seen.add(e["name"])
@@ -217,83 +352,138 @@ def build(run: RunDir, rep: dict) -> tuple[list[Block], dict[str, bytes]]:
         detail = _parity_detail(e.get("parity"))
         word = {"passed": "PASS", "failed": "FAIL"}.get(ps or "", (ps or "NO PARITY").upper())
         gate_items.append(f"{word} parity {e['name']}" + (f": {detail}" if detail else ""))
-    blocks.append(("list", gate_items) if gate_items else ("p", "No gates recorded."))
+    return [("h2", "Gates"), ("list", gate_items) if gate_items else ("p", "No gates recorded.")]
 
-    # per-class recall -----------------------------------------------------------------------
-    if t and s and t.get("per_class_recall"):
-        blocks.append(("h2", "Per-class recall"))
-        rows = [[c, pct(t["per_class_recall"].get(c)), pct(s.get("per_class_recall", {}).get(c)),
-                 pct((b or {}).get("per_class_recall", {}).get(c))] for c in t["per_class_recall"]]
-        blocks.append(("table", ["class", "teacher", "student", "baseline"], rows))
 
-    # data -----------------------------------------------------------------------------------
+def per_class_recall_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    t, s, b = rep.get("teacher"), rep.get("student"), rep.get("baseline")
+    if not (t and s and t.get("per_class_recall")):
+        return []
+    rows = [
+        [
+            c,
+            pct(t["per_class_recall"].get(c)),
+            pct(s.get("per_class_recall", {}).get(c)),
+            pct((b or {}).get("per_class_recall", {}).get(c)),
+        ]
+        for c in t["per_class_recall"]
+    ]
+    return [("h2", "Per-class recall"), ("table", ["class", "teacher", "student", "baseline"], rows)]
+
+
+def _first_20(items: list) -> list[str]:
+    return [_short(x) for x in items[:20]] + ([f"... {len(items) - 20} more"] if len(items) > 20 else [])
+
+
+def data_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    """The data report: source, imbalance, split counts, unreadable files, cross-split duplicates."""
     d = rep.get("data") or {}
-    blocks.append(("h2", "Data"))
-    if d:
-        items = [f"source: {d.get('source')}, {d.get('num_images')} images, {len(d.get('classes') or [])} classes",
-                 f"class imbalance: {d.get('imbalance_ratio')}x (largest / smallest class); majority class is "
-                 f"{pct(d.get('majority_class_share_test'))} of test (accuracy of always guessing it)"]
-        sc = d.get("split_counts") or {}
-        if sc:
-            items.append("split: " + ", ".join(f"{k} {sum(v.values()) if isinstance(v, dict) else v}"
-                                               for k, v in sc.items()))
-        skipped = d.get("skipped") or []
-        dups = d.get("cross_split_duplicates") or []
-        items.append(f"skipped (unreadable) files: {len(skipped)}")
-        items.append(f"leakage: {len(dups)} image(s) identical across splits")
-        blocks.append(("list", items))
-        if sc:
-            cls = list(d.get("class_counts") or next(iter(sc.values()), {}) or {})
-            blocks.append(("table", ["class"] + list(sc), [[c] + [str((sc[k] or {}).get(c, 0)) for k in sc]
-                                                          for c in cls]))
-        if skipped:
-            blocks.append(("h3", "Skipped files"))
-            blocks.append(("list", [_short(x) for x in skipped[:20]] + ([f"... {len(skipped) - 20} more"]
-                                                                         if len(skipped) > 20 else [])))
-        if dups:
-            blocks.append(("h3", "Cross-split duplicates (leakage)"))
-            blocks.append(("list", [_short(x) for x in dups[:20]] + ([f"... {len(dups) - 20} more"]
-                                                                      if len(dups) > 20 else [])))
-    else:
-        blocks.append(("p", "No data report."))
+    if not d:
+        return [("h2", "Data"), ("p", "No data report.")]
+    items = [
+        f"source: {d.get('source')}, {d.get('num_images')} images, {len(d.get('classes') or [])} classes",
+        f"class imbalance: {d.get('imbalance_ratio')}x (largest / smallest class); majority class is "
+        f"{pct(d.get('majority_class_share_test'))} of test (accuracy of always guessing it)",
+    ]
+    sc = d.get("split_counts") or {}
+    if sc:
+        items.append(
+            "split: " + ", ".join(f"{k} {sum(v.values()) if isinstance(v, dict) else v}" for k, v in sc.items())
+        )
+    skipped = d.get("skipped") or []
+    dups = d.get("cross_split_duplicates") or []
+    items.append(f"skipped (unreadable) files: {len(skipped)}")
+    items.append(f"leakage: {len(dups)} image(s) identical across splits")
+    blocks: list[Block] = [("h2", "Data"), ("list", items)]
+    if sc:
+        cls = list(d.get("class_counts") or next(iter(sc.values()), {}) or {})
+        blocks.append(("table", ["class"] + list(sc), [[c] + [str((sc[k] or {}).get(c, 0)) for k in sc] for c in cls]))
+    if skipped:
+        blocks += [("h3", "Skipped files"), ("list", _first_20(skipped))]
+    if dups:
+        blocks += [("h3", "Cross-split duplicates (leakage)"), ("list", _first_20(dups))]
+    return blocks
 
-    # machine --------------------------------------------------------------------------------
-    blocks.append(("h2", "Machine"))
+
+def machine_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    """The machine (bench stage's if measured, else the evaluate stage's), thread profiles, peaks, MACs."""
     m = rep.get("bench_machine") or rep.get("machine") or {}
-    if m:
-        items = [f"CPU: {m.get('cpu')}, {m.get('cores')} logical cores"
-                 + (f" ({m.get('cores_available')} available to this process)" if m.get("cores_available") else ""),
-                 f"platform: {m.get('platform')}, Python {m.get('python')}"]
-        if m.get("clock_ghz"):
-            items.append(f"clock {m['clock_ghz']} GHz ({m.get('clock_source')}), SIMD {m.get('simd')}")
-        if m.get("runtimes"):
-            items.append("runtimes: " + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items() if v))
-        for p in m.get("profiles") or []:
-            peak = (m.get("compute_peak") or {}).get(p["profile"], {})
-            items.append(f"profile {p['profile']}: {p['threads_requested']} thread(s) requested, {p['threads']} used "
-                         f"on CPU(s) {p['cpus']}" + (" pinned with sched_setaffinity" if p.get("pinned") else
-                                                      " (not pinned: the OS does not allow it)")
-                         + (f"; fp32 peak {peak.get('peak_gmacs_per_s')} GMAC/s" if peak.get("peak_gmacs_per_s") else ""))
-        if m.get("macs"):
-            items.append("MACs per image (Conv2d + Linear, batch 1): " + ", ".join(
-                f"{k} {v / 1e6:.1f} M" for k, v in m["macs"].items() if v))
-        if m.get("date"):
-            items.append(f"measured {m['date']}")
-        blocks.append(("list", items))
-        peak = next(iter((m.get("compute_peak") or {}).values()), None)
-        if peak and peak.get("assumption"):
-            blocks.append(("p", f"Compute-peak assumption: {peak['assumption']}."))
-    else:
-        blocks.append(("p", "Not recorded."))
+    if not m:
+        return [("h2", "Machine"), ("p", "Not recorded.")]
+    items = [
+        f"CPU: {m.get('cpu')}, {m.get('cores')} logical cores"
+        + (f" ({m.get('cores_available')} available to this process)" if m.get("cores_available") else ""),
+        f"platform: {m.get('platform')}, Python {m.get('python')}",
+    ]
+    if m.get("clock_ghz"):
+        items.append(f"clock {m['clock_ghz']} GHz ({m.get('clock_source')}), SIMD {m.get('simd')}")
+    if m.get("runtimes"):
+        items.append("runtimes: " + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items() if v))
+    for p in m.get("profiles") or []:
+        peak = (m.get("compute_peak") or {}).get(p["profile"], {})
+        items.append(
+            f"profile {p['profile']}: {p['threads_requested']} thread(s) requested, {p['threads']} used "
+            f"on CPU(s) {p['cpus']}"
+            + (" pinned with sched_setaffinity" if p.get("pinned") else " (not pinned: the OS does not allow it)")
+            + (f"; fp32 peak {peak.get('peak_gmacs_per_s')} GMAC/s" if peak.get("peak_gmacs_per_s") else "")
+        )
+    if m.get("macs"):
+        items.append(
+            "MACs per image (Conv2d + Linear, batch 1): "
+            + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in m["macs"].items() if v)
+        )
+    if m.get("date"):
+        items.append(f"measured {m['date']}")
+    blocks: list[Block] = [("h2", "Machine"), ("list", items)]
+    peak = next(iter((m.get("compute_peak") or {}).values()), None)
+    if peak and peak.get("assumption"):
+        blocks.append(("p", f"Compute-peak assumption: {peak['assumption']}."))
+    return blocks
+
+
+def stage_times_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
     stages = rep.get("stages") or {}
-    if stages:
-        blocks.append(("h2", "Stage wall times (s)"))
-        blocks.append(("list", [f"{k}: {v}" for k, v in stages.items()]))
+    if not stages:
+        return []
+    return [("h2", "Stage wall times (s)"), ("list", [f"{k}: {v}" for k, v in stages.items()])]
+
+
+# The report, top to bottom: each section reads report.json (and the run directory) and says when it has no data.
+SECTIONS = (
+    summary_section,
+    models_section,
+    benchmark_section,
+    int8_methods_section,
+    goals_section,
+    plots_section,
+    gates_section,
+    per_class_recall_section,
+    data_section,
+    machine_section,
+    stage_times_section,
+)
+
+
+def build(run: RunDir, rep: dict) -> tuple[list[Block], dict[str, bytes]]:
+    """The report's blocks and its figures (PNG bytes by name)."""
+    blocks: list[Block] = []
+    figures: dict[str, bytes] = {}
+    for section in SECTIONS:
+        blocks += section(run, rep, figures)
     return blocks, figures
 
 
-PARITY_KEYS = ("agreement", "top1_agreement", "max_abs", "max_abs_diff", "cosine", "accuracy_drop_points", "images",
-               "reason", "message")
+PARITY_KEYS = (
+    "agreement",
+    "top1_agreement",
+    "max_abs",
+    "max_abs_diff",
+    "cosine",
+    "accuracy_drop_points",
+    "images",
+    "reason",
+    "message",
+)
 
 
 def _parity_detail(p: Any) -> str:
@@ -369,8 +559,12 @@ td.skipped,td.unknown{color:#a70}code{background:#f3f3f3;padding:0 .2em}
 
 
 def to_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> str:
-    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-           f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style></head><body>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{CSS}</style></head><body>",
+    ]
     for b in blocks:
         kind = b[0]
         if kind in ("h1", "h2", "h3"):
@@ -378,28 +572,35 @@ def to_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> str:
         elif kind == "p":
             out.append(f"<p>{_inline(b[1])}</p>")
         elif kind == "strong":
-            out.append(f"<p class=\"headline\"><strong>{_inline(b[1])}</strong></p>")
+            out.append(f'<p class="headline"><strong>{_inline(b[1])}</strong></p>')
         elif kind == "list":
             out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b[1]) + "</ul>")
         elif kind == "table":
             headers, rows = b[1], b[2]
-            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in headers) + "</tr></thead><tbody>")
+            out.append(
+                "<table><thead><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in headers) + "</tr></thead><tbody>"
+            )
             for r in rows:
                 cells = []
                 for c in r:
-                    cls = str(c).split(" ")[0] if str(c).split(" ")[0] in (
-                        "ok", "failed", "skipped", "timeout", "passed", "met", "unknown") else ""
+                    cls = (
+                        str(c).split(" ")[0]
+                        if str(c).split(" ")[0] in ("ok", "failed", "skipped", "timeout", "passed", "met", "unknown")
+                        else ""
+                    )
                     if str(c) == "not met":
                         cls = "failed"
-                    cells.append(f"<td class=\"{cls}\">{_inline(c)}</td>" if cls else f"<td>{_inline(c)}</td>")
+                    cells.append(f'<td class="{cls}">{_inline(c)}</td>' if cls else f"<td>{_inline(c)}</td>")
                 out.append("<tr>" + "".join(cells) + "</tr>")
             out.append("</tbody></table>")
         elif kind == "img":
             png = figures.get(b[1])
             if png:
                 data = base64.b64encode(png).decode("ascii")
-                out.append(f"<figure><img alt=\"{html.escape(b[2])}\" src=\"data:image/png;base64,{data}\">"
-                           f"<figcaption>{_inline(b[2])}</figcaption></figure>")
+                out.append(
+                    f'<figure><img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{_inline(b[2])}</figcaption></figure>"
+                )
         elif kind == "code":
             out.append(f"<pre>{html.escape(b[1])}</pre>")
     out.append("</body></html>")

@@ -16,7 +16,9 @@ INT = {"type": ["integer", "null"]}
 LATENCY = {
     "type": ["object", "null"],
     "required": ["mean", "std", "min", "p50", "p90", "p95", "p99", "max"],
-    "properties": {k: {"type": "number", "minimum": 0} for k in ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")},
+    "properties": {
+        k: {"type": "number", "minimum": 0} for k in ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
+    },
     "additionalProperties": False,
 }
 
@@ -61,13 +63,34 @@ MEASUREMENT_PROPERTIES: dict[str, dict] = {
 }
 
 MEASUREMENT_REQUIRED = [
-    "name", "model", "format", "precision", "path", "sha256", "size_bytes", "status", "reason", "accuracy",
-    "agreement_teacher", "agreement_student", "latency_ms", "throughput_ips", "peak_rss_mb", "load_ms",
-    "first_inference_ms", "threads", "profile", "parity_status",
+    "name",
+    "model",
+    "format",
+    "precision",
+    "path",
+    "sha256",
+    "size_bytes",
+    "status",
+    "reason",
+    "accuracy",
+    "agreement_teacher",
+    "agreement_student",
+    "latency_ms",
+    "throughput_ips",
+    "peak_rss_mb",
+    "load_ms",
+    "first_inference_ms",
+    "threads",
+    "profile",
+    "parity_status",
 ]
 
-MEASUREMENT = {"type": "object", "required": MEASUREMENT_REQUIRED, "properties": MEASUREMENT_PROPERTIES,
-               "additionalProperties": False}
+MEASUREMENT = {
+    "type": "object",
+    "required": MEASUREMENT_REQUIRED,
+    "properties": MEASUREMENT_PROPERTIES,
+    "additionalProperties": False,
+}
 
 GOAL = {
     "type": "object",
@@ -89,12 +112,21 @@ BENCH_MACHINE = {
         "cpu": {"type": "string"},
         "cores": INT,
         "cores_available": {"type": "integer"},
-        "profiles": {"type": "array", "items": {
-            "type": "object", "required": ["profile", "threads_requested", "threads", "cpus", "pinned"],
-            "properties": {"profile": {"type": "string"}, "threads_requested": {"type": "integer", "minimum": 1},
-                           "threads": {"type": "integer", "minimum": 1},
-                           "cpus": {"type": "array", "items": {"type": "integer"}},
-                           "pinned": {"type": "boolean"}, "cores_available": {"type": "integer"}}}},
+        "profiles": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["profile", "threads_requested", "threads", "cpus", "pinned"],
+                "properties": {
+                    "profile": {"type": "string"},
+                    "threads_requested": {"type": "integer", "minimum": 1},
+                    "threads": {"type": "integer", "minimum": 1},
+                    "cpus": {"type": "array", "items": {"type": "integer"}},
+                    "pinned": {"type": "boolean"},
+                    "cores_available": {"type": "integer"},
+                },
+            },
+        },
         "runtimes": {"type": "object"},
         "compute_peak": {"type": "object"},
     },
@@ -103,8 +135,12 @@ BENCH_MACHINE = {
 BENCH_SETTINGS = {
     "type": "object",
     "required": ["min_queries", "min_seconds", "warmup"],
-    "properties": {"min_queries": {"type": "integer", "minimum": 1}, "min_seconds": {"type": "number", "minimum": 0},
-                   "warmup": {"type": "integer", "minimum": 0}, "accuracy_images": INT},
+    "properties": {
+        "min_queries": {"type": "integer", "minimum": 1},
+        "min_seconds": {"type": "number", "minimum": 0},
+        "warmup": {"type": "integer", "minimum": 0},
+        "accuracy_images": INT,
+    },
 }
 
 REPORT_BENCH_SCHEMA = {

@@ -8,7 +8,7 @@ is x[h] interpolated at h = (n-1)*p/100.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 PERCENTILES = (50, 90, 95, 99)
 LATENCY_KEYS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")

@@ -1,4 +1,4 @@
-"""One measurement in a fresh process: `python -m benchmarks.worker --spec JSON --threads N --out OUT.json`.
+"""One measurement in a fresh process: `python -m edgekd.benchmarks.worker --spec JSON --threads N --out OUT.json`.
 
 Order (MLPerf single-stream style): pin CPUs -> load a few inputs -> import the runtime
 (import_ms) -> create the session (load_ms) -> first inference (first_inference_ms) -> warm-up
@@ -6,7 +6,9 @@ Order (MLPerf single-stream style): pin CPUs -> load a few inputs -> import the 
 AND `min_seconds` (stopping early only at `max_seconds`) -> peak RSS (VmHWM) -> optional
 accuracy pass over all inputs (after the memory reading, so the test set does not count).
 
-Imports stay minimal (no torch unless the runner is PyTorch) so the peak RSS is the runtime's.
+Runs the artifact through THE runtime layer (edgekd.export.runtimes: prepare / infer / postprocess,
+only `infer` is timed). Imports stay minimal (no torch unless the runner is PyTorch) so the peak RSS
+is the runtime's.
 Writes a JSON document; on error {"status": "failed", "error": ...} and exit code 1.
 """
 
@@ -60,15 +62,15 @@ def pin(cpus: list[int] | None) -> tuple[list[int] | None, bool]:
     return cur, False
 
 
-KIND_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml", ".mlmodel": "coreml", ".pt": "torch"}
-
-
 def spec_from_args(args: argparse.Namespace) -> dict:
-    """--spec (JSON text or file) wins; else --artifact PATH: kind from the suffix, layout from a model.json beside it."""
+    """--spec (JSON text or file) wins; else --artifact PATH: kind from the suffix, layout from a model.json
+    beside it (read as plain JSON: edgekd.export.manifest.read_model_json would import torch into the worker)."""
     if args.spec:
         return json.loads(args.spec) if args.spec.lstrip().startswith("{") else json.loads(Path(args.spec).read_text())
     if not args.artifact:
         raise ValueError("give --artifact PATH or --spec JSON")
+    from edgekd.export.runtimes import KIND_BY_SUFFIX
+
     p = Path(args.artifact)
     kind = KIND_BY_SUFFIX.get(p.suffix)
     if kind is None:
@@ -81,7 +83,7 @@ def spec_from_args(args: argparse.Namespace) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from benchmarks.stats import rounded, summarize
+    from edgekd.benchmarks.stats import rounded, summarize
 
     cpus, pinned = pin([int(c) for c in args.cpus.split(",")] if args.cpus else None)
     res: dict = {"status": "ok", "pid": os.getpid(), "threads": args.threads, "cpus": cpus, "pinned": pinned}
@@ -92,10 +94,10 @@ def measure(args: argparse.Namespace) -> dict:
 
     inputs = np.load(args.inputs, mmap_mode="r")
     n_lat = max(1, min(args.latency_images, len(inputs)))
-    lat_x = [np.array(inputs[i:i + 1], dtype=np.float32) for i in range(n_lat)]
+    lat_x = [np.array(inputs[i : i + 1], dtype=np.float32) for i in range(n_lat)]
     res["baseline_rss_mb"] = round(rss_mb() or 0.0, 2)
 
-    from benchmarks import runners
+    from edgekd.export import runtimes  # numpy only: each runner imports its own runtime
 
     t0 = time.perf_counter()
     if spec["kind"] == "onnx":
@@ -106,11 +108,11 @@ def measure(args: argparse.Namespace) -> dict:
         import torch  # noqa: F401
 
         if spec.get("builder", "torchscript") != "torchscript":
-            import pipeline.models  # noqa: F401  (torchvision and the model builders)
+            import edgekd.pipeline.models  # noqa: F401  (torchvision and the model builders)
     res["import_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
 
     t0 = time.perf_counter()
-    runner = runners.make_runner(spec, args.threads)
+    runner = runtimes.make_runner(spec, args.threads)
     res["load_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
     res["runtime"] = runner.info
 
@@ -153,7 +155,7 @@ def measure(args: argparse.Namespace) -> dict:
     if args.logits_out:
         n = len(inputs) if args.accuracy_images is None else min(args.accuracy_images, len(inputs))
         t0 = time.perf_counter()
-        logits = [runner(np.array(inputs[j:j + 1], dtype=np.float32)) for j in range(n)]
+        logits = [runner(np.array(inputs[j : j + 1], dtype=np.float32)) for j in range(n)]
         arr = np.concatenate(logits, axis=0) if logits else np.zeros((0, 0), np.float32)
         np.save(args.logits_out, arr)
         res["accuracy_images"] = n
@@ -162,10 +164,12 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.worker", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m edgekd.benchmarks.worker", description=__doc__.splitlines()[0])
     ap.add_argument("--artifact", help="model file (.onnx, .tflite, .mlpackage, TorchScript .pt)")
-    ap.add_argument("--spec", help="runner spec instead of --artifact: JSON text or a .json file "
-                                   "(kind, path, layout, torch builder fields)")
+    ap.add_argument(
+        "--spec",
+        help="runner spec instead of --artifact: JSON text or a .json file (kind, path, layout, torch builder fields)",
+    )
     ap.add_argument("--inputs", required=True, help=".npy of normalised NCHW float32 images")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cpus", default="", help="comma-separated CPU ids to pin to (sched_setaffinity)")
@@ -188,8 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     except Exception as e:  # report, never hang the parent
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        res = {"status": "failed", "error": f"{type(e).__name__}: {msg}"[:500],
-               "traceback": traceback.format_exc()[-4000:]}
+        res = {
+            "status": "failed",
+            "error": f"{type(e).__name__}: {msg}"[:500],
+            "traceback": traceback.format_exc()[-4000:],
+        }
         code = 1
     tmp = Path(args.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=2) + "\n")

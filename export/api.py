@@ -14,33 +14,52 @@ and `run_export` raises GateFailed (CLI exit 3) after the manifest is written.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
-from export.formats import FORMATS, FormatSpec, check_gate_keys, gate_for, resolve_formats
-from pipeline import __version__
-from pipeline.config import ExportConfig
-from pipeline.errors import EdgekdError, GateFailed
-from pipeline.progress import log
-from pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_json, fingerprint, read_json, sha256_file
+from edgekd.export import converters
+from edgekd.export import metadata as md
+from edgekd.export.context import (
+    OPTION_DEFAULTS,
+    OPTION_KEYS,
+    Captured,
+    ExportContext,
+    calibration_images,
+    captured_output,
+    export_options,
+    first_line,
+)
+from edgekd.export.formats import DEFAULT_GATES, FORMATS, FormatSpec, check_gate_keys, gate_for, resolve_formats
+from edgekd.export.manifest import MANIFEST_SCHEMA, manifest_path, read_manifest, write_manifest, write_model_json
+from edgekd.export.parity import apply_gate, check_precision, inspect_artifact, parity_metrics, validate_coreml
+from edgekd.export.runtimes import Unsupported, load_runner
+from edgekd.pipeline import __version__
+from edgekd.pipeline.errors import EdgekdError, GateFailed
+from edgekd.pipeline.progress import log
+from edgekd.pipeline.rundir import RunDir, atomic_write_bytes, fingerprint, sha256_file
 
-MANIFEST_SCHEMA = "edgekd.exports/1"
-# The converters' knobs: ExportConfig fields (meanings and defaults live there, in pipeline/config.py).
-OPTION_KEYS = ("int8_target_agreement", "int8_max_float_layers", "int8_mse_fraction", "int8_scan_images",
-               "int8_min_gain", "int8_qat", "int8_qat_epochs", "int8_qat_images", "int8_qat_lr",
-               "onnx_int8_activations", "onnx_int8_reduce_range", "onnx_int8_calibration", "onnx_exporter",
-               "coreml_int8_mode", "parity_threads")
-OPTION_DEFAULTS: dict[str, Any] = {k: ExportConfig.model_fields[k].default for k in OPTION_KEYS}
+# What the command line needs (edgekd export): run_export, and the table and checks it validates with.
+__all__ = [
+    "run_export",
+    "resolve_formats",
+    "check_gate_keys",
+    "FORMATS",
+    "DEFAULT_GATES",
+    "export_one",
+    "export_options",
+    "OPTION_KEYS",
+    "OPTION_DEFAULTS",
+    "tree_sha256",
+    "tree_size",
+    "int8_method",
+]
 
 
 def tree_sha256(path: Path) -> str:
@@ -59,35 +78,10 @@ def tree_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def export_options(cfg) -> dict:
-    return {k: getattr(cfg.export, k) for k in OPTION_KEYS}
-
-
 def _threads(cfg, opts: dict) -> int:
     if opts.get("parity_threads"):
         return int(opts["parity_threads"])
     return int(cfg.train.threads or min(4, os.cpu_count() or 1))
-
-
-def _calibration_images(data, cfg, n: int) -> np.ndarray:
-    """Up to n training images, classes taken in turn (deterministic), through the preprocessing contract."""
-    from pipeline import preprocess
-    from pipeline.data import decode_resized
-
-    by: dict[int, list] = {}
-    for it in sorted(data.subset("train"), key=lambda i: i.key):
-        by.setdefault(it.label, []).append(it)
-    queues = [by[k] for k in sorted(by)]
-    picked = []
-    while len(picked) < n and any(queues):
-        for q in queues:
-            if q and len(picked) < n:
-                picked.append(q.pop(0))
-    if not picked:
-        raise EdgekdError("no training images for int8 calibration (the train split is empty)")
-    x = preprocess.normalize(decode_resized(picked, cfg.data.image_size, desc="load calibration"),
-                             cfg.data.mean, cfg.data.std)
-    return x.numpy().astype(np.float32)
 
 
 def _publish(tmpdir: Path, final: Path) -> None:
@@ -103,52 +97,21 @@ def _publish(tmpdir: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-class _Captured:
-    text = ""
-
-    def tail(self, n: int = 12) -> list[str]:
-        lines = [ln.rstrip() for ln in self.text.splitlines() if ln.strip()]
-        return lines[-n:]
-
-
-@contextlib.contextmanager
-def captured_output():
-    """Converters (TF/MLIR C++ logging, onnx2tf, coremltools progress bars) write to fd 1 and 2 directly:
-    capture both at the file-descriptor level; our own "[edgekd]" lines are replayed afterwards and the
-    tail is kept for the manifest when a conversion fails. EDGEKD_VERBOSE_CONVERTERS=1 shows everything."""
-    cap = _Captured()
-    if os.environ.get("EDGEKD_VERBOSE_CONVERTERS"):
-        yield cap
-        return
-    for f in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            f.flush()
-    tmp = tempfile.TemporaryFile()
-    saved = [os.dup(1), os.dup(2)]
-    os.dup2(tmp.fileno(), 1)
-    os.dup2(tmp.fileno(), 2)
-    try:
-        yield cap
-    finally:
-        for f in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                f.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-        tmp.seek(0)
-        cap.text = tmp.read().decode("utf-8", errors="replace")
-        tmp.close()
-        for line in cap.text.splitlines():
-            if line.startswith("[edgekd]"):
-                print(line, file=sys.stderr, flush=True)
-
-
 def _blank_entry(spec: FormatSpec) -> dict:
-    return {"name": spec.name, "format": spec.format, "precision": spec.precision, "path": None, "sha256": None,
-            "size_bytes": None, "status": "failed", "reason": None, "parity": None, "layout": spec.layout,
-            "converter": None, "runtime": spec.runtime}
+    return {
+        "name": spec.name,
+        "format": spec.format,
+        "precision": spec.precision,
+        "path": None,
+        "sha256": None,
+        "size_bytes": None,
+        "status": "failed",
+        "reason": None,
+        "parity": None,
+        "layout": spec.layout,
+        "converter": None,
+        "runtime": spec.runtime,
+    }
 
 
 def _missing_reason(spec: FormatSpec, missing: list[str]) -> str:
@@ -157,15 +120,19 @@ def _missing_reason(spec: FormatSpec, missing: list[str]) -> str:
     return f"converter not available: {', '.join(missing)} not importable ({hint})"
 
 
-def export_one(ctx, spec: FormatSpec, *, exports_dir: Path, run_root: Path, x: np.ndarray, ref: np.ndarray,
-               y: Optional[np.ndarray], gate: dict) -> dict:
+def export_one(
+    ctx,
+    spec: FormatSpec,
+    *,
+    exports_dir: Path,
+    run_root: Path,
+    x: np.ndarray,
+    ref: np.ndarray,
+    y: Optional[np.ndarray],
+    gate: dict,
+) -> dict:
     """Convert, inspect, parity-check and publish one artifact; returns its manifest entry (never raises
     for converter problems: they become status 'failed' with a reason)."""
-    from export import metadata as md
-    from export.converters import CONVERTERS
-    from export.parity import NeedsMacOS, apply_gate, check_precision, inspect_artifact, load_runtime, \
-        parity_metrics, validate_coreml
-
     entry = _blank_entry(spec)
     final = exports_dir / spec.name
     missing = spec.missing_modules()
@@ -180,13 +147,21 @@ def export_one(ctx, spec: FormatSpec, *, exports_dir: Path, run_root: Path, x: n
     tmpdir.mkdir(parents=True)
     t0 = time.time()
     try:
-        meta = md.model_json(spec=spec, arch=ctx.arch, labels=ctx.labels, height=ctx.size, width=ctx.size,
-                             mean=ctx.mean, std=ctx.std, source_sha256=ctx.source_sha256)
+        meta = md.model_json(
+            spec=spec,
+            arch=ctx.arch,
+            labels=ctx.labels,
+            height=ctx.size,
+            width=ctx.size,
+            mean=ctx.mean,
+            std=ctx.std,
+            source_sha256=ctx.source_sha256,
+        )
         out = tmpdir / spec.filename
-        cap = _Captured()
+        cap = Captured()
         try:
             with captured_output() as cap:
-                info = CONVERTERS[spec.converter](ctx, spec, out, meta)
+                info = converters.CONVERTERS[spec.converter](ctx, spec, out, meta)
         except Exception:
             entry["converter_output_tail"] = cap.tail() or None
             raise
@@ -207,33 +182,47 @@ def export_one(ctx, spec: FormatSpec, *, exports_dir: Path, run_root: Path, x: n
         t1 = time.time()
         try:
             with captured_output():
-                runner = load_runtime(out, ctx.threads)
+                runner = load_runner(out, ctx.threads)
             got = runner(x)
             par = parity_metrics(ref, got, y)
             status, reasons = apply_gate(par, gate)
             par.update(gate=gate, status=status, runtime=spec.runtime)
             if reasons:
                 par["failed"] = reasons
-        except NeedsMacOS as e:
+        except Unsupported as e:
             problems = validate_coreml(inside, meta)
-            par = {"status": "needs macOS", "gate": gate, "runtime": spec.runtime, "note": str(e),
-                   "spec_check": "passed" if not problems else "failed", "spec_problems": problems,
-                   "max_abs": None, "mean_abs": None, "cosine": None, "agreement": None, "accuracy": None,
-                   "accuracy_drop_points": None}
+            par = {
+                "status": "needs macOS",
+                "gate": gate,
+                "runtime": spec.runtime,
+                "note": str(e),
+                "spec_check": "passed" if not problems else "failed",
+                "spec_problems": problems,
+                "max_abs": None,
+                "mean_abs": None,
+                "cosine": None,
+                "agreement": None,
+                "accuracy": None,
+                "accuracy_drop_points": None,
+            }
             if problems:
-                raise EdgekdError(f"CoreML spec check failed: {'; '.join(problems)}")
+                raise EdgekdError(f"CoreML spec check failed: {'; '.join(problems)}") from None
         par["seconds"] = round(time.time() - t1, 2)
         entry["parity"] = par
         # sidecars, then publish the folder
         sha = tree_sha256(out)
         meta["sha256"] = sha
         meta["quantization"] = info.get("quantization")
-        atomic_write_json(tmpdir / "model.json", meta)
+        write_model_json(tmpdir / "model.json", meta)
         atomic_write_bytes(tmpdir / "labels.txt", ("\n".join(ctx.labels) + "\n").encode())
         _publish(tmpdir, final)
         published = final / spec.filename
-        entry.update(path=published.relative_to(run_root).as_posix(), sha256=sha, size_bytes=tree_size(published),
-                     status="ok" if par["status"] in ("passed", "needs macOS") else "failed")
+        entry.update(
+            path=published.relative_to(run_root).as_posix(),
+            sha256=sha,
+            size_bytes=tree_size(published),
+            status="ok" if par["status"] in ("passed", "needs macOS") else "failed",
+        )
         if entry["status"] == "failed":
             entry["reason"] = f"parity gate missed: {'; '.join(par.get('failed', []))}"
         _log_entry(entry)
@@ -241,14 +230,25 @@ def export_one(ctx, spec: FormatSpec, *, exports_dir: Path, run_root: Path, x: n
     except ImportError as e:  # a converter present but not importable (broken install): skipped, not a crash
         shutil.rmtree(tmpdir, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
-        entry.update(status="skipped", reason=f"converter not available: {type(e).__name__}: {_short(e)}",
-                     path=None, sha256=None, size_bytes=None, parity=None)
+        entry.update(
+            status="skipped",
+            reason=f"converter not available: {type(e).__name__}: {first_line(e, 400)}",
+            path=None,
+            sha256=None,
+            size_bytes=None,
+            parity=None,
+        )
         log(f"export: {spec.name} skipped: {entry['reason']}")
         return entry
     except Exception as e:  # a converter problem: no file left behind, a clear reason in the manifest
-        short = _short(e)
-        entry.update(status="failed", reason=f"{type(e).__name__}: {short}" if not isinstance(e, EdgekdError) else short,
-                     path=None, sha256=None, size_bytes=None)
+        short = first_line(e, 400)
+        entry.update(
+            status="failed",
+            reason=f"{type(e).__name__}: {short}" if not isinstance(e, EdgekdError) else short,
+            path=None,
+            sha256=None,
+            size_bytes=None,
+        )
         entry["traceback_tail"] = traceback.format_exc().strip().splitlines()[-6:]
         shutil.rmtree(tmpdir, ignore_errors=True)
         if final.exists():  # a stale artifact from an earlier export would contradict the manifest
@@ -260,10 +260,6 @@ def export_one(ctx, spec: FormatSpec, *, exports_dir: Path, run_root: Path, x: n
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _short(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
-
-
 def _log_entry(e: dict) -> None:
     p = e.get("parity") or {}
     size = f"{e['size_bytes'] / 1e6:.2f} MB" if e.get("size_bytes") else "?"
@@ -271,8 +267,10 @@ def _log_entry(e: dict) -> None:
         log(f"export: {e['name']}: {size}, spec checked, parity needs macOS")
         return
     acc = f", accuracy {p['accuracy'] * 100:.1f}%" if p.get("accuracy") is not None else ""
-    log(f"export: {e['name']}: {size}, agreement {p.get('agreement', 0) * 100:.2f}%, max|d| {p.get('max_abs', 0):.2e}"
-        f"{acc} -> {p.get('status')}")
+    log(
+        f"export: {e['name']}: {size}, agreement {p.get('agreement', 0) * 100:.2f}%, max|d| {p.get('max_abs', 0):.2e}"
+        f"{acc} -> {p.get('status')}"
+    )
 
 
 def int8_method(entry: dict) -> Optional[str]:
@@ -283,12 +281,19 @@ def int8_method(entry: dict) -> Optional[str]:
     qat = q.get("qat") or {}
     parts = []
     if qat.get("used"):
-        parts.append(f"QAT fine-tuning {qat.get('epochs')} epochs on {qat.get('images')} images "
-                     f"(kept epoch {qat.get('kept_epoch')})")
+        parts.append(
+            f"QAT fine-tuning {qat.get('epochs')} epochs on {qat.get('images')} images "
+            f"(kept epoch {qat.get('kept_epoch')})"
+        )
     else:
-        parts.append("post-training quantization only" + (
-            f" (all-int8 calibration agreement {qat['ptq_calibration_agreement']:.1%})"
-            if qat.get("ptq_calibration_agreement") is not None else ""))
+        parts.append(
+            "post-training quantization only"
+            + (
+                f" (all-int8 calibration agreement {qat['ptq_calibration_agreement']:.1%})"
+                if qat.get("ptq_calibration_agreement") is not None
+                else ""
+            )
+        )
     kept = q.get("kept_float")
     n = len(kept) if isinstance(kept, list) else 0
     parts.append(f"{n} layer{'s' if n != 1 else ''} kept float" if n else "every layer int8")
@@ -299,25 +304,35 @@ def _summary(manifest: dict) -> dict:
     rows = []
     for a in manifest["artifacts"]:
         p = a.get("parity") or {}
-        rows.append({k: a.get(k) for k in ("name", "format", "precision", "path", "size_bytes", "status", "reason")}
-                    | {"agreement": p.get("agreement"), "accuracy": p.get("accuracy"),
-                       "accuracy_drop_points": p.get("accuracy_drop_points"), "max_abs": p.get("max_abs"),
-                       "parity_status": p.get("status"), "int8_method": int8_method(a)})
-    return {"manifest": "exports/manifest.json", "artifacts": rows,
-            "source_checkpoint_sha256": manifest.get("source_checkpoint_sha256"),
-            "parity_images": manifest.get("parity_images"), "calibration_images": manifest.get("calibration_images")}
+        rows.append(
+            {k: a.get(k) for k in ("name", "format", "precision", "path", "size_bytes", "status", "reason")}
+            | {
+                "agreement": p.get("agreement"),
+                "accuracy": p.get("accuracy"),
+                "accuracy_drop_points": p.get("accuracy_drop_points"),
+                "max_abs": p.get("max_abs"),
+                "parity_status": p.get("status"),
+                "int8_method": int8_method(a),
+            }
+        )
+    return {
+        "manifest": "exports/manifest.json",
+        "artifacts": rows,
+        "source_checkpoint_sha256": manifest.get("source_checkpoint_sha256"),
+        "parity_images": manifest.get("parity_images"),
+        "calibration_images": manifest.get("calibration_images"),
+    }
 
 
-def _merge_previous(exports_dir: Path, run_root: Path, current: list[dict], source_sha: str) -> list[dict]:
+def _merge_previous(run_root: Path, current: list[dict], source_sha: str) -> list[dict]:
     """Keep earlier entries of formats not exported this time, if they belong to the same checkpoint and
     their files are unchanged; table order."""
-    mpath = exports_dir / "manifest.json"
     done = {e["name"] for e in current}
     keep = []
-    if mpath.exists():
+    if manifest_path(run_root).exists():
         try:
-            old = read_json(mpath)
-        except ValueError:
+            old = read_manifest(run_root)
+        except EdgekdError:  # a corrupt manifest is replaced, not merged
             old = {}
         if old.get("source_checkpoint_sha256") == source_sha:
             for e in old.get("artifacts", []):
@@ -334,9 +349,9 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None) -> dict:
     """Export the distilled student in `formats` (default cfg.export.formats); returns the manifest."""
     import torch
 
-    from pipeline.data import load_split
-    from pipeline.report import update_report
-    from pipeline.stages import eval_tensor, load_student
+    from edgekd.pipeline.data import load_split
+    from edgekd.pipeline.report import update_report
+    from edgekd.pipeline.stages import eval_tensor, load_student
 
     t_start = time.time()
     specs = resolve_formats(formats if formats is not None else cfg.export.formats)
@@ -344,8 +359,9 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None) -> dict:
     opts = export_options(cfg)
     data = load_split(run)
     labels = list(data.classes)
-    weights = run.require(run.student_dir("student") / "model.safetensors",
-                          f"run the distill stage first (edgekd distill {run.root})")
+    weights = run.require(
+        run.student_dir("student") / "model.safetensors", f"run the distill stage first (edgekd distill {run.root})"
+    )
     source_sha = sha256_file(weights)
     model = load_student(cfg, run, len(labels))
     threads = _threads(cfg, opts)
@@ -358,31 +374,51 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None) -> dict:
     if not len(x):
         raise EdgekdError("the test split is empty: nothing to check parity on")
     with torch.inference_mode():
-        ref = torch.cat([model(torch.from_numpy(x[i:i + 64])) for i in range(0, len(x), 64)]).float().numpy()
+        ref = torch.cat([model(torch.from_numpy(x[i : i + 64])) for i in range(0, len(x), 64)]).float().numpy()
     needs_calib = any(s.precision in ("int8", "dynamic-int8") or s.format == "tflite" for s in specs)
-    calib = _calibration_images(data, cfg, cfg.export.calibration_images if needs_calib else 1)
+    calib = calibration_images(data, cfg, cfg.export.calibration_images if needs_calib else 1)
 
     exports_dir = run.path("exports")
     exports_dir.mkdir(parents=True, exist_ok=True)
     work = exports_dir / f".work-{os.getpid()}"
-    from export.converters import ExportContext
-
-    ctx = ExportContext(model=model, arch=cfg.student.arch, labels=labels, image_size=cfg.data.image_size,
-                        mean=cfg.data.mean, std=cfg.data.std, calib=calib, work=work, threads=threads,
-                        source_sha256=source_sha, options=opts,
-                        train_images=lambda n: _calibration_images(data, cfg, n))
-    log(f"export: {', '.join(s.name for s in specs)} ({len(x)} parity images, {len(calib)} calibration images, "
-        f"{threads} threads)")
+    ctx = ExportContext(
+        model=model,
+        arch=cfg.student.arch,
+        labels=labels,
+        image_size=cfg.data.image_size,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        calib=calib,
+        work=work,
+        threads=threads,
+        source_sha256=source_sha,
+        options=opts,
+        train_images=lambda n: calibration_images(data, cfg, n),
+    )
+    log(
+        f"export: {', '.join(s.name for s in specs)} ({len(x)} parity images, {len(calib)} calibration images, "
+        f"{threads} threads)"
+    )
     entries = []
     try:
         for spec in specs:
-            entries.append(export_one(ctx, spec, exports_dir=exports_dir, run_root=run.root, x=x, ref=ref, y=y,
-                                      gate=gate_for(spec, cfg.export.gates)))
+            entries.append(
+                export_one(
+                    ctx,
+                    spec,
+                    exports_dir=exports_dir,
+                    run_root=run.root,
+                    x=x,
+                    ref=ref,
+                    y=y,
+                    gate=gate_for(spec, cfg.export.gates),
+                )
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     manifest = {
         "schema": MANIFEST_SCHEMA,
-        "artifacts": _merge_previous(exports_dir, run.root, entries, source_sha),
+        "artifacts": _merge_previous(run.root, entries, source_sha),
         "source_checkpoint": str(weights.relative_to(run.root)),
         "source_checkpoint_sha256": source_sha,
         "edgekd_version": __version__,
@@ -391,15 +427,27 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None) -> dict:
         "input_size": cfg.data.image_size,
         "parity_images": int(len(x)),
         "calibration_images": int(len(calib)) if needs_calib else 0,
-        "preprocessing": {"resize": "bilinear_half_pixel", "mean": list(cfg.data.mean), "std": list(cfg.data.std),
-                          "scale": 1 / 255, "color_mode": "RGB"},
+        "preprocessing": {
+            "resize": "bilinear_half_pixel",
+            "mean": list(cfg.data.mean),
+            "std": list(cfg.data.std),
+            "scale": 1 / 255,
+            "color_mode": "RGB",
+        },
         "runtimes": _runtime_versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seconds": round(time.time() - t_start, 1),
     }
-    atomic_write_json(exports_dir / "manifest.json", manifest)
-    fp = fingerprint("export", source_sha, cfg.export.model_dump(mode="json"), cfg.data.image_size,
-                     list(cfg.data.mean), list(cfg.data.std), data.fingerprint)
+    write_manifest(run.root, manifest)
+    fp = fingerprint(
+        "export",
+        source_sha,
+        cfg.export.model_dump(mode="json"),
+        cfg.data.image_size,
+        list(cfg.data.mean),
+        list(cfg.data.std),
+        data.fingerprint,
+    )
     run.mark_stage("export", fp, time.time() - t_start)
     update_report(run, exports=_summary(manifest))
     failed = [e for e in entries if e["status"] == "failed"]
@@ -411,7 +459,7 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None) -> dict:
                 msgs.append(f"{e['name']} parity gate missed ({'; '.join(p['failed'])})")
             else:
                 msgs.append(f"{e['name']} export failed ({e['reason']})")
-        raise GateFailed(f"export: {'; '.join(msgs)}; manifest: {exports_dir / 'manifest.json'}")
+        raise GateFailed(f"export: {'; '.join(msgs)}; manifest: {manifest_path(run.root)}")
     return manifest
 
 

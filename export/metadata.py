@@ -16,18 +16,29 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline import __version__ as EDGEKD_VERSION
-from pipeline.preprocess import RESIZE_ALGORITHM, SCALE
+from edgekd.export.manifest import MODEL_SCHEMA
+from edgekd.pipeline import __version__ as EDGEKD_VERSION
+from edgekd.pipeline.preprocess import RESIZE_ALGORITHM, SCALE
 
-SCHEMA = "edgekd.model/1"
 META_KEY = "edgekd.model"
 
 
-def model_json(*, spec, arch: str, labels: list[str], height: int, width: int, mean, std, source_sha256: str,
-               input_dtype: str = "float32", extra: Optional[dict] = None) -> dict:
+def model_json(
+    *,
+    spec,
+    arch: str,
+    labels: list[str],
+    height: int,
+    width: int,
+    mean,
+    std,
+    source_sha256: str,
+    input_dtype: str = "float32",
+    extra: Optional[dict] = None,
+) -> dict:
     """model.json without the file hash (added once the file is final)."""
     meta: dict[str, Any] = {
-        "schema": SCHEMA,
+        "schema": MODEL_SCHEMA,
         "name": "student",
         "arch": arch,
         "format": spec.format,
@@ -82,6 +93,7 @@ def flat_props(meta: dict) -> dict[str, str]:
 
 # -- ONNX ---------------------------------------------------------------------------------------
 
+
 def embed_onnx(path: Path, meta: dict) -> None:
     import onnx
 
@@ -109,6 +121,7 @@ def read_onnx(path: Path) -> dict:
 
 
 # -- TFLite -------------------------------------------------------------------------------------
+
 
 def embed_tflite_bytes(content: bytes, meta: dict) -> bytes:
     """Add (or replace) the "edgekd.model" metadata entry of a .tflite flatbuffer."""
@@ -156,12 +169,15 @@ def read_tflite(path: Path) -> dict:
 
 # -- CoreML -------------------------------------------------------------------------------------
 
+
 def embed_coreml(mlmodel: Any, meta: dict) -> None:
     """Set metadata on an in-memory coremltools MLModel (saved afterwards by the caller)."""
     for k, v in flat_props(meta).items():
         mlmodel.user_defined_metadata[k] = v
-    mlmodel.short_description = (f"edgekd student {meta['arch']} ({meta['precision']}); input "
-                                 f"{meta['input']['layout']} RGB, (x/255-mean)/std; output logits")
+    mlmodel.short_description = (
+        f"edgekd student {meta['arch']} ({meta['precision']}); input "
+        f"{meta['input']['layout']} RGB, (x/255-mean)/std; output logits"
+    )
     mlmodel.author = "edgekd"
     mlmodel.version = str(meta["edgekd_version"])
     mlmodel.license = ""

@@ -1,142 +1,22 @@
-"""Run artifacts with their own runtime and compare them with the PyTorch student.
+"""Compare an artifact with the PyTorch student, gate the figures, and check what is inside the file.
 
-`load_runtime(path, threads)` -> callable(normalised NCHW float32 batch) -> float32 logits [N, K]:
-onnxruntime for .onnx, LiteRT (`ai_edge_litert.interpreter.Interpreter`; tflite-runtime 2.14 does not
-work with numpy 2 and current op versions) for .tflite (NHWC transposition, int8/uint8 input
-quantisation and output dequantisation from the interpreter's parameters), coremltools for .mlpackage
-(prediction only on macOS).
-
-`inspect_artifact(path)` reports what is really inside (tensor dtypes, op counts) so that a file is only
-labelled int8 when its weights and activations are 8-bit integers.
+The artifact is run by export/runtimes.py (`load_runner(path)(x)` -> float32 logits [N, K]);
+`parity_metrics` compares those logits with the student's and `apply_gate` holds them to the format's
+gate. `inspect_artifact(path)` reports what is really inside (tensor dtypes, op counts) so that a file is
+only labelled int8 when its weights and activations are 8-bit integers (`check_precision`); off macOS a
+CoreML file is checked by its spec (`validate_coreml`) instead of by prediction.
 """
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from pipeline.errors import EdgekdError
-
-
-class NeedsMacOS(EdgekdError):
-    """CoreML prediction is only available on macOS."""
-
-
-# ----------------------------------------------------------------------------------------------
-# runtimes
-
-
-class OnnxRunner:
-    def __init__(self, path: Path, threads: int):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, int(threads))
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        inp = self.sess.get_inputs()[0]
-        self.name = inp.name
-        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        self.layout = "NHWC" if len(inp.shape) == 4 and inp.shape[-1] == 3 and inp.shape[1] != 3 else "NCHW"
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.layout == "NHWC":
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        step = self.fixed_batch or 64
-        outs = [self.sess.run(None, {self.name: x[i:i + step]})[0] for i in range(0, len(x), step)]
-        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 0), np.float32)
-
-
-class TFLiteRunner:
-    """LiteRT interpreter with its default XNNPACK delegate; batch 1 (the exported shape), NHWC or NCHW."""
-
-    def __init__(self, path: Optional[Path] = None, threads: int = 2, model_content: Optional[bytes] = None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        if model_content is not None:
-            self.interp = Interpreter(model_content=model_content, num_threads=max(1, int(threads)))
-        else:
-            self.interp = Interpreter(model_path=str(path), num_threads=max(1, int(threads)))
-        self.interp.allocate_tensors()
-        self.inp = self.interp.get_input_details()[0]
-        self.out = self.interp.get_output_details()[0]
-        shape = list(self.inp["shape"])
-        self.layout = "NHWC" if len(shape) == 4 and shape[-1] == 3 and shape[1] != 3 else "NCHW"
-        self.batch = int(shape[0]) if shape and shape[0] > 0 else 1
-
-    def _quant_in(self, x: np.ndarray) -> np.ndarray:
-        dt = np.dtype(self.inp["dtype"])
-        if dt == np.float32:
-            return x.astype(np.float32)
-        scale, zero = self.inp["quantization"]
-        info = np.iinfo(dt)
-        # TFLite rounds half away from zero
-        q = x.astype(np.float64) / scale
-        q = np.sign(q) * np.floor(np.abs(q) + 0.5) + zero
-        return np.clip(q, info.min, info.max).astype(dt)
-
-    def _dequant_out(self, y: np.ndarray) -> np.ndarray:
-        if np.dtype(self.out["dtype"]) == np.float32:
-            return y.astype(np.float32)
-        scale, zero = self.out["quantization"]
-        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if self.layout == "NHWC":
-            x = x.transpose(0, 2, 3, 1)
-        outs = []
-        for i in range(0, len(x), self.batch):
-            xb = np.ascontiguousarray(x[i:i + self.batch])
-            n = len(xb)
-            if n < self.batch:  # pad the last batch of a fixed-batch model
-                xb = np.concatenate([xb, np.zeros((self.batch - n,) + xb.shape[1:], xb.dtype)])
-            self.interp.set_tensor(self.inp["index"], self._quant_in(xb))
-            self.interp.invoke()
-            outs.append(self._dequant_out(self.interp.get_tensor(self.out["index"]).copy())[:n])
-        return np.concatenate(outs).reshape(len(x), -1) if outs else np.zeros((0, 0), np.float32)
-
-
-class CoreMLRunner:
-    def __init__(self, path: Path):
-        if sys.platform != "darwin":
-            raise NeedsMacOS("CoreML prediction needs macOS (coremltools can only validate the spec on Linux)")
-        import coremltools as ct
-
-        self.model = ct.models.MLModel(str(path))
-        spec = self.model.get_spec()
-        self.input = spec.description.input[0].name
-        self.labels = _coreml_labels(spec)
-        self.probs = spec.description.predictedProbabilitiesName
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        rows = []
-        for i in range(len(x)):
-            out = self.model.predict({self.input: np.ascontiguousarray(x[i:i + 1], dtype=np.float32)})
-            d = out[self.probs]
-            rows.append([float(d[lab]) for lab in self.labels])
-        return np.asarray(rows, dtype=np.float32)
-
-
-def load_runtime(artifact_path: str | Path, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
-    """A callable mapping a normalised NCHW float32 batch to float32 logits [N, num_classes]."""
-    p = Path(artifact_path)
-    if not p.exists():
-        raise EdgekdError(f"artifact not found: {p}")
-    if p.suffix == ".onnx":
-        return OnnxRunner(p, threads)
-    if p.suffix == ".tflite":
-        return TFLiteRunner(p, threads)
-    if p.suffix in (".mlpackage", ".mlmodel"):
-        return CoreMLRunner(p)
-    raise EdgekdError(f"no runtime for {p.name} (expected .onnx, .tflite or .mlpackage)")
-
+from edgekd.export.runtimes import coreml_labels, tflite_interpreter, tflite_ops
+from edgekd.pipeline.errors import EdgekdError
 
 # ----------------------------------------------------------------------------------------------
 # metrics and gates
@@ -192,13 +72,9 @@ def apply_gate(metrics: dict, gate: dict) -> tuple[str, list[str]]:
 
 
 def _tflite_inspect(path: Path) -> dict:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    it = Interpreter(model_path=str(path), num_threads=1,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
+    it = tflite_interpreter(path, 1, delegates=False)
     tensors = {t["index"]: t for t in it.get_tensor_details()}
-    ops = it._get_ops_details()
+    ops = tflite_ops(it)
     compute = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
     w_total = w_int8 = 0
     act_int8 = act_float = 0
@@ -270,38 +146,6 @@ def _onnx_inspect(path: Path) -> dict:
     }
 
 
-def _coreml_labels(spec) -> list[str]:
-    """Class labels: in an mlprogram they are the `classes` operand of the `classify` op."""
-    t = spec.WhichOneof("Type")
-    if t == "mlProgram":
-        for fn in spec.mlProgram.functions.values():
-            for block in fn.block_specializations.values():
-                for op in block.operations:
-                    if op.type != "classify" or "classes" not in op.inputs:
-                        continue
-                    for arg in op.inputs["classes"].arguments:
-                        if arg.WhichOneof("binding") == "value":
-                            return [_mil_scalar(v.immediateValue) for v in arg.value.immediateValue.list.values]
-        return []
-    inner = getattr(spec, t)
-    if hasattr(inner, "stringClassLabels") and len(inner.stringClassLabels.vector):
-        return list(inner.stringClassLabels.vector)
-    if hasattr(inner, "int64ClassLabels") and len(inner.int64ClassLabels.vector):
-        return [str(v) for v in inner.int64ClassLabels.vector]
-    return []
-
-
-def _mil_scalar(iv) -> str:
-    t = iv.tensor
-    if t.strings.values:
-        return str(t.strings.values[0])
-    if t.ints.values:
-        return str(t.ints.values[0])
-    if t.longInts.values:
-        return str(t.longInts.values[0])
-    return ""
-
-
 def _coreml_inspect(path: Path) -> dict:
     from coremltools.models.utils import load_spec
 
@@ -310,8 +154,13 @@ def _coreml_inspect(path: Path) -> dict:
     inputs = []
     for i in desc.input:
         ma = i.type.multiArrayType
-        inputs.append({"name": i.name, "shape": [int(s) for s in ma.shape],
-                       "dtype": {65568: "float32", 65552: "float16", 131104: "int32"}.get(ma.dataType, str(ma.dataType))})
+        inputs.append(
+            {
+                "name": i.name,
+                "shape": [int(s) for s in ma.shape],
+                "dtype": {65568: "float32", 65552: "float16", 131104: "int32"}.get(ma.dataType, str(ma.dataType)),
+            }
+        )
     outputs = [{"name": o.name, "type": o.type.WhichOneof("Type")} for o in desc.output]
     # weights: const ops of the MIL program (fp16 tensors) and constexpr_* ops (quantized/palettized weights)
     op_types: Counter = Counter()
@@ -330,14 +179,17 @@ def _coreml_inspect(path: Path) -> dict:
                             if o.type.WhichOneof("type") == "tensorType" and len(tt.dimensions) >= 2:
                                 const_dtypes[dt_name.get(tt.dataType, str(tt.dataType))] += 1
                         for attr in op.attributes.values():
-                            if attr.type.WhichOneof("type") == "tensorType" and len(attr.type.tensorType.dimensions) >= 2:
+                            if (
+                                attr.type.WhichOneof("type") == "tensorType"
+                                and len(attr.type.tensorType.dimensions) >= 2
+                            ):
                                 const_dtypes["attr:" + dt_name.get(attr.type.tensorType.dataType, "?")] += 1
     return {
         "spec_type": spec.WhichOneof("Type"),
         "spec_version": int(spec.specificationVersion),
         "inputs": inputs,
         "outputs": outputs,
-        "class_labels": _coreml_labels(spec),
+        "class_labels": coreml_labels(spec),
         "predicted_feature": desc.predictedFeatureName,
         "predicted_probabilities": desc.predictedProbabilitiesName,
         "user_metadata_keys": sorted(desc.metadata.userDefined.keys()),
@@ -372,8 +224,10 @@ def check_precision(spec, info: dict, allowed_float_ops: int = 0) -> Optional[st
             f_ops = info.get("compute_ops_float_activations", 0)
             q_ops = info.get("compute_ops_int8_activations", 0)
             if q_ops == 0 or f_ops > allowed_float_ops:
-                return (f"{f_ops} conv/fc op(s) run on float activations ({q_ops} on 8-bit), more than the "
-                        f"{allowed_float_ops} deliberately kept float")
+                return (
+                    f"{f_ops} conv/fc op(s) run on float activations ({q_ops} on 8-bit), more than the "
+                    f"{allowed_float_ops} deliberately kept float"
+                )
     elif spec.format == "tflite" and spec.precision in ("fp32", "fp16"):
         if info.get("compute_ops_int8_activations", 0):
             return "float artifact contains int8 compute ops"
@@ -393,7 +247,9 @@ def validate_coreml(info: dict, meta: dict) -> list[str]:
         problems.append(f"input dtype {info['inputs'][0]['dtype']} != float32")
     if info["class_labels"] != list(meta["labels"]):
         problems.append(f"class labels {info['class_labels']} != {meta['labels']}")
-    if not info["predicted_probabilities"] or not any(o["name"] == info["predicted_probabilities"] for o in info["outputs"]):
+    if not info["predicted_probabilities"] or not any(
+        o["name"] == info["predicted_probabilities"] for o in info["outputs"]
+    ):
         problems.append("no per-class score output")
     if "edgekd.model" not in info["user_metadata_keys"]:
         problems.append("edgekd.model user metadata missing")

@@ -27,15 +27,16 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
 
-from pipeline.progress import log, progress
+from edgekd.pipeline.progress import log, progress
 
 _ACTS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid, nn.GELU, nn.Tanh)
 _FUSED_ACTS = (nn.ReLU, nn.ReLU6)  # folded into the preceding conv's output range by both converters
@@ -99,6 +100,7 @@ class QuantPoints:
 def _out_hook(fq: ActFakeQuant):
     def hook(_m, _inp, out):
         return fq(out) if isinstance(out, torch.Tensor) else out
+
     return hook
 
 
@@ -108,6 +110,7 @@ def _gate_hook(fq: ActFakeQuant):
     def hook(_m, inp, _out):
         x = inp[0]
         return x * fq(torch.nn.functional.hardsigmoid(x))
+
     return hook
 
 
@@ -145,7 +148,7 @@ def attach_quant_points(model: nn.Module, logits_layer: Optional[nn.Module] = No
                 add(getattr(parent, part), names[id(parent)] + "." + part)
             continue
         kids = list(parent.named_children())
-        for i, (name, child) in enumerate(kids):
+        for i, (_, child) in enumerate(kids):
             if list(child.children()) and not _is_se(child):
                 continue
             full = names[id(child)]
@@ -157,7 +160,9 @@ def attach_quant_points(model: nn.Module, logits_layer: Optional[nn.Module] = No
                 continue
             if isinstance(child, (nn.Conv2d, nn.Linear)) and isinstance(nxt, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 continue  # BN is folded into the conv
-            if isinstance(child, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)) and isinstance(nxt, _FUSED_ACTS):
+            if isinstance(child, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)) and isinstance(
+                nxt, _FUSED_ACTS
+            ):
                 continue
             if isinstance(child, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d) + _ACTS + _POOLS):
                 add(child, full)
@@ -177,14 +182,17 @@ def _last_linear(model: nn.Module) -> Optional[nn.Module]:
 
 def _batches(n: int, bs: int, rng: np.random.Generator) -> list[np.ndarray]:
     idx = rng.permutation(n)
-    return [idx[i:i + bs] for i in range(0, n, bs)]
+    return [idx[i : i + bs] for i in range(0, n, bs)]
 
 
 def batched_logits(model: nn.Module, x: np.ndarray, bs: int = 64) -> np.ndarray:
     """float32 logits of normalised NCHW images, in batches, without autograd."""
     with torch.inference_mode():
-        return torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[i:i + bs]))) for i in range(0, len(x), bs)]
-                         ).float().numpy()
+        return (
+            torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[i : i + bs]))) for i in range(0, len(x), bs)])
+            .float()
+            .numpy()
+        )
 
 
 def _calibrate(model: nn.Module, qp: QuantPoints, calib: np.ndarray) -> None:
@@ -205,9 +213,19 @@ class QatResult:
     info: dict
 
 
-def qat_finetune(model: nn.Module, train_x: np.ndarray, calib: np.ndarray, *, epochs: int = 5, lr: float = 2e-4,
-                 batch_size: int = 32, seed: int = 0, hflip: bool = True, weight_qmax: int = 127,
-                 should_stop: Optional[Callable[[], bool]] = None) -> QatResult:
+def qat_finetune(
+    model: nn.Module,
+    train_x: np.ndarray,
+    calib: np.ndarray,
+    *,
+    epochs: int = 5,
+    lr: float = 2e-4,
+    batch_size: int = 32,
+    seed: int = 0,
+    hflip: bool = True,
+    weight_qmax: int = 127,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> QatResult:
     """Fine-tune a copy of `model` with simulated int8 (see module doc); `model` itself is untouched.
 
     train_x: normalised NCHW float32 training images; calib: the images the converters calibrate on;
@@ -239,8 +257,9 @@ def qat_finetune(model: nn.Module, train_x: np.ndarray, calib: np.ndarray, *, ep
         if epoch:
             _calibrate(q, qp, calib)  # ranges follow the weights, as the converters' calibration will
         losses = []
-        for idx in progress(_batches(len(train_x), batch_size, rng), desc=f"int8 QAT epoch {epoch + 1}/{epochs}",
-                            unit="batch"):
+        for idx in progress(
+            _batches(len(train_x), batch_size, rng), desc=f"int8 QAT epoch {epoch + 1}/{epochs}", unit="batch"
+        ):
             x = torch.from_numpy(train_x[idx])
             if hflip:
                 flip = torch.rand(len(idx), generator=g) < 0.5
@@ -259,10 +278,18 @@ def qat_finetune(model: nn.Module, train_x: np.ndarray, calib: np.ndarray, *, ep
         _calibrate(q, qp, calib)
         sim = batched_logits(q, calib)
         agree, mse = _agree(sim, ref_calib), float(((sim - ref_calib) ** 2).mean())
-        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 6),
-                        "calibration_mse": round(mse, 6), "calibration_agreement": round(agree, 4)})
-        log(f"export: int8 QAT epoch {epoch + 1}/{epochs}: train logit MSE {np.mean(losses):.4f}; simulated int8 "
-            f"on calibration images: logit MSE {mse:.4f}, agreement {agree * 100:.1f}%")
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": round(float(np.mean(losses)), 6),
+                "calibration_mse": round(mse, 6),
+                "calibration_agreement": round(agree, 4),
+            }
+        )
+        log(
+            f"export: int8 QAT epoch {epoch + 1}/{epochs}: train logit MSE {np.mean(losses):.4f}; simulated int8 "
+            f"on calibration images: logit MSE {mse:.4f}, agreement {agree * 100:.1f}%"
+        )
         if mse < best[0]:
             best = (mse, epoch + 1, copy.deepcopy(q.state_dict()))
     qp.remove()
@@ -274,11 +301,19 @@ def qat_finetune(model: nn.Module, train_x: np.ndarray, calib: np.ndarray, *, ep
             P.remove_parametrizations(m, "weight", leave_parametrized=True)  # keep the int8-grid weights
     for p in q.parameters():
         p.requires_grad_(False)
-    info = {"method": "QAT fine-tuning (simulated int8 weights per-channel + activations per-tensor, frozen BN), "
-                      "logit MSE to the float student",
-            "epochs": epochs, "lr": lr, "batch_size": batch_size, "images": int(len(train_x)),
-            "weight_levels": f"[-{weight_qmax}, {weight_qmax}]",
-            "quant_points": len(qp.points), "steps": step,
-            "simulated_calibration_agreement_before": round(before, 4), "history": history, "kept_epoch": best[1],
-            "seconds": round(time.time() - t0, 1)}
+    info = {
+        "method": "QAT fine-tuning (simulated int8 weights per-channel + activations per-tensor, frozen BN), "
+        "logit MSE to the float student",
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "images": int(len(train_x)),
+        "weight_levels": f"[-{weight_qmax}, {weight_qmax}]",
+        "quant_points": len(qp.points),
+        "steps": step,
+        "simulated_calibration_agreement_before": round(before, 4),
+        "history": history,
+        "kept_epoch": best[1],
+        "seconds": round(time.time() - t0, 1),
+    }
     return QatResult(model=q.eval(), info=info)

@@ -14,7 +14,10 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import EdgekdError
+from edgekd.pipeline.errors import EdgekdError
+
+# Stage names in run order; edgekd.stage_table maps each to its function.
+ALL_STAGES = ("data", "teacher", "soft_labels", "student", "baseline", "evaluate", "export", "bench")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,7 +85,7 @@ class KDConfig(_Section):
     feature: FeatureKDConfig = FeatureKDConfig()
 
     @model_validator(mode="after")
-    def _feature_needs_online(self) -> "KDConfig":
+    def _feature_needs_online(self) -> KDConfig:
         if self.feature.enabled and self.mode != "online":
             raise ValueError("kd.feature.enabled needs kd.mode=online (features are not cached)")
         return self
@@ -116,23 +119,35 @@ class ExportConfig(_Section):
     calibration_images: int = Field(200, ge=1)
     parity_images: Optional[int] = Field(None, ge=1, description="test images used for parity (default all)")
     gates: dict[str, float] = Field(default_factory=dict, description="override parity gates, e.g. int8_agreement")
-    int8_target_agreement: float = Field(0.98, gt=0, description="calibration agreement below which "
-                                         "sensitive layers are kept float (>1 always searches)")
+    int8_target_agreement: float = Field(
+        0.98, gt=0, description="calibration agreement below which sensitive layers are kept float (>1 always searches)"
+    )
     int8_max_float_layers: int = Field(4, ge=0, description="most compute layers an int8 artifact may keep float")
-    int8_mse_fraction: float = Field(0.05, ge=0, description="stop the float-layer search below this share of "
-                                     "all-int8 logit MSE")
+    int8_mse_fraction: float = Field(
+        0.05, ge=0, description="stop the float-layer search below this share of all-int8 logit MSE"
+    )
     int8_scan_images: int = Field(64, ge=1, description="calibration images used by the sensitivity scan")
-    int8_min_gain: float = Field(0.1, ge=0, le=1, description="a layer is kept float only if it removes this "
-                                 "share of the remaining calibration logit MSE")
-    int8_qat: Literal["auto", "on", "off"] = Field("auto", description="quantization-aware fine-tuning before "
-                                                   "int8 conversion; auto: when all-int8 calibration agreement "
-                                                   "is below int8_target_agreement")
+    int8_min_gain: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="a layer is kept float only if it removes this share of the remaining calibration logit MSE",
+    )
+    int8_qat: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="quantization-aware fine-tuning before "
+        "int8 conversion; auto: when all-int8 calibration agreement "
+        "is below int8_target_agreement",
+    )
     int8_qat_epochs: int = Field(5, ge=1)
     int8_qat_images: int = Field(1024, ge=1, description="training images QAT fine-tunes on")
     int8_qat_lr: float = Field(2e-4, gt=0)
     onnx_int8_activations: Literal["uint8", "int8"] = "uint8"
-    onnx_int8_reduce_range: bool = Field(True, description="7-bit weights: onnxruntime's uint8 x int8 kernels "
-                                         "saturate on x86 CPUs without VNNI; false for VNNI/ARM-only targets")
+    onnx_int8_reduce_range: bool = Field(
+        True,
+        description="7-bit weights: onnxruntime's uint8 x int8 kernels "
+        "saturate on x86 CPUs without VNNI; false for VNNI/ARM-only targets",
+    )
     onnx_int8_calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
     onnx_exporter: Literal["torchscript", "dynamo"] = "torchscript"
     coreml_int8_mode: Literal["linear", "palettize"] = "linear"
@@ -158,9 +173,7 @@ class Config(_Section):
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
-    stages: list[str] = Field(
-        default_factory=lambda: ["data", "teacher", "soft_labels", "student", "baseline", "evaluate", "export", "bench"]
-    )
+    stages: list[str] = Field(default_factory=lambda: list(ALL_STAGES))
 
     @field_validator("stages")
     @classmethod
@@ -171,8 +184,6 @@ class Config(_Section):
         return v
 
 
-ALL_STAGES = ("data", "teacher", "soft_labels", "student", "baseline", "evaluate", "export", "bench")
-
 # Presets are plain override dicts so that `--set` and YAML files compose with them the same way.
 PRESETS: dict[str, dict[str, Any]] = {
     # The whole run on ELPV in a few minutes on 2 CPU cores: low resolution, few epochs.
@@ -181,8 +192,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher": {"arch": "efficientnet_lite0", "head_epochs": 1, "epochs": 1, "lr": 1e-3, "freeze_blocks": 4},
         "train": {"epochs": 6, "batch_size": 64, "lr": 4e-3},
         # QAT, when int8 needs it, is sized to about 20 s here
-        "export": {"formats": ["onnx", "onnx-int8", "tflite", "tflite-int8"], "calibration_images": 64,
-                   "int8_qat_epochs": 2, "int8_qat_images": 512},
+        "export": {
+            "formats": ["onnx", "onnx-int8", "tflite", "tflite-int8"],
+            "calibration_images": 64,
+            "int8_qat_epochs": 2,
+            "int8_qat_images": 512,
+        },
         "bench": {"min_queries": 50, "min_seconds": 1.0, "warmup": 5},
     },
     # The quality setting whose figures the README records (defaults below + these).
@@ -250,8 +265,11 @@ def _explain(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             valid = _fields_at(Config, loc)
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {'.'.join(loc[:-1] + (close[0],))!r}?" if close else (
-                f"; valid keys: {', '.join(valid)}" if valid else "")
+            hint = (
+                f"; did you mean {'.'.join(loc[:-1] + (close[0],))!r}?"
+                if close
+                else (f"; valid keys: {', '.join(valid)}" if valid else "")
+            )
             msgs.append(f"unknown config key {key!r}{hint}")
         else:
             msgs.append(f"{key or 'config'}: {e['msg']}")
@@ -279,8 +297,10 @@ def load_config(
     preset = preset or (overrides or {}).get("preset") or file_cfg.get("preset") or "full"
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, PRESETS, n=1)
-        raise EdgekdError(f"unknown preset {preset!r}" + (f"; did you mean {close[0]!r}?" if close else
-                                                           f"; presets: {', '.join(PRESETS)}"))
+        raise EdgekdError(
+            f"unknown preset {preset!r}"
+            + (f"; did you mean {close[0]!r}?" if close else f"; presets: {', '.join(PRESETS)}")
+        )
     _deep_update(raw, PRESETS[preset])
     _deep_update(raw, file_cfg)
     _deep_update(raw, overrides or {})
@@ -291,5 +311,6 @@ def load_config(
         raise EdgekdError(_explain(e)) from None
 
 
-def section_dict(cfg: BaseModel) -> dict:
-    return cfg.model_dump(mode="json")
+def with_overrides(cfg: Config, overrides: dict) -> Config:
+    """`cfg` (e.g. a run's saved config) with nested `overrides` applied and validated again."""
+    return load_config(None, cfg.preset, _deep_update(cfg.model_dump(mode="json"), overrides))

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import preprocess
-from pipeline.config import DataConfig
-from pipeline.errors import EdgekdError
-from pipeline.progress import progress
-from pipeline.rundir import RunDir, atomic_write_json, read_json
+from edgekd.pipeline import preprocess
+from edgekd.pipeline.config import DataConfig
+from edgekd.pipeline.errors import EdgekdError
+from edgekd.pipeline.progress import progress
+from edgekd.pipeline.rundir import RunDir, atomic_write_json, read_json
 
 ELPV_CLASSES = ["defect_0", "defect_1_3", "defect_2_3", "defect_1"]
 SPLITS = ("train", "val", "test")
@@ -74,20 +74,29 @@ def _elpv_items() -> tuple[list[str], list[Item], Path]:
 
 def _folder_items(root: Path) -> tuple[list[str], list[Item], bool]:
     if not root.is_dir():
-        raise EdgekdError(f"data directory not found: {root} (use --data elpv or a folder with one sub-folder per class)")
+        raise EdgekdError(
+            f"data directory not found: {root} (use --data elpv or a folder with one sub-folder per class)"
+        )
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     has_splits = bool(subdirs) and {p.name for p in subdirs} <= set(SPLITS) and (root / "train").is_dir()
     if has_splits:
         if not (root / "test").is_dir():
             raise EdgekdError(f"{root} has train/ but no test/ folder; add test/ or use a flat class-folder layout")
-        classes = sorted({c.name for s in SPLITS if (root / s).is_dir() for c in (root / s).iterdir()
-                          if c.is_dir() and not c.name.startswith(".")})
+        classes = sorted(
+            {
+                c.name
+                for s in SPLITS
+                if (root / s).is_dir()
+                for c in (root / s).iterdir()
+                if c.is_dir() and not c.name.startswith(".")
+            }
+        )
     else:
         classes = [p.name for p in subdirs]
     if len(classes) < 2:
         raise EdgekdError(f"{root} needs at least 2 class sub-folders, found {len(classes)}")
     items = []
-    for split in (SPLITS if has_splits else ("",)):
+    for split in SPLITS if has_splits else ("",):
         base = root / split if split else root
         for ci, c in enumerate(classes):
             cdir = base / c
@@ -159,8 +168,11 @@ def prepare_data(cfg: DataConfig, run: RunDir) -> DataSplit:
         by: dict[int, list[Item]] = defaultdict(list)
         for it in items:
             by[it.label].append(it)
-        items = [it for label in sorted(by) for it in
-                 sorted(rng.sample(by[label], min(cfg.limit_per_class, len(by[label]))), key=lambda i: i.key)]
+        items = [
+            it
+            for label in sorted(by)
+            for it in sorted(rng.sample(by[label], min(cfg.limit_per_class, len(by[label]))), key=lambda i: i.key)
+        ]
 
     bad: list[dict] = []
     good: list[Item] = []
@@ -203,8 +215,9 @@ def prepare_data(cfg: DataConfig, run: RunDir) -> DataSplit:
         names[it.sha256].append(it.key)
     leaks = [{"sha256": h[:16], "files": names[h], "splits": sorted(where[h])} for h in where if len(where[h]) > 1]
 
-    per_split = {s: [sum(1 for it in good if it.split == s and it.label == c) for c in range(len(classes))]
-                 for s in SPLITS}
+    per_split = {
+        s: [sum(1 for it in good if it.split == s and it.label == c) for c in range(len(classes))] for s in SPLITS
+    }
     n_all = [counts[i] for i in range(len(classes))]
     report = {
         "source": source,
@@ -218,12 +231,14 @@ def prepare_data(cfg: DataConfig, run: RunDir) -> DataSplit:
         "cross_split_duplicates": leaks,
         "max_pixels": cfg.max_pixels,
     }
-    from pipeline.rundir import fingerprint
+    from edgekd.pipeline.rundir import fingerprint
 
     split = DataSplit(source=source, classes=classes, items=good, report=report)
     split.fingerprint = fingerprint([(it.key, it.sha256, it.label, it.split) for it in good], classes)
-    atomic_write_json(run.split_json, {"source": source, "classes": classes, "fingerprint": split.fingerprint,
-                                       "items": [asdict(it) for it in good]})
+    atomic_write_json(
+        run.split_json,
+        {"source": source, "classes": classes, "fingerprint": split.fingerprint, "items": [asdict(it) for it in good]},
+    )
     atomic_write_json(run.data_report, report)
     return split
 
@@ -232,8 +247,13 @@ def load_split(run: RunDir) -> DataSplit:
     run.require(run.split_json, f"run the data stage first (edgekd run --out {run.root})")
     d = read_json(run.split_json)
     rep = read_json(run.data_report) if run.data_report.exists() else {}
-    return DataSplit(source=d["source"], classes=d["classes"], items=[Item(**i) for i in d["items"]],
-                     fingerprint=d["fingerprint"], report=rep)
+    return DataSplit(
+        source=d["source"],
+        classes=d["classes"],
+        items=[Item(**i) for i in d["items"]],
+        fingerprint=d["fingerprint"],
+        report=rep,
+    )
 
 
 # ----------------------------------------------------------------------------------------

@@ -59,10 +59,18 @@ def broadcast_object(obj):
     return box[0]
 
 
-def launch(argv: list[str], nproc: int) -> int:
-    """Re-run this very command under torchrun with `nproc` processes on this node."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "pipeline", *argv]
+def launch(module: str, argv: list[str], nproc: int) -> int:
+    """Re-run `python -m module argv...` (the command line that called this) under torchrun, `nproc` processes."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        module,
+        *argv,
+    ]
     env = dict(os.environ)
     # Each rank gets its share of the cores instead of all of them (oversubscription is slow).
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))

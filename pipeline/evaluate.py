@@ -24,8 +24,9 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str],
-                           reference: np.ndarray | None = None) -> dict:
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, classes: list[str], reference: np.ndarray | None = None
+) -> dict:
     """accuracy, macro-F1, per-class recall, confusion matrix, ECE, and top-1 agreement with `reference` logits."""
     k = len(classes)
     pred = logits.argmax(1)
@@ -52,6 +53,10 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
 
 def accuracy_gap_gate(teacher_acc: float, student_acc: float, max_drop_points: float) -> dict:
     drop = (teacher_acc - student_acc) * 100
-    return {"name": "max_accuracy_drop", "limit_points": max_drop_points, "value_points": round(drop, 2),
-            "passed": bool(drop <= max_drop_points),
-            "message": f"student trails teacher by {drop:.2f} points (limit {max_drop_points:g})"}
+    return {
+        "name": "max_accuracy_drop",
+        "limit_points": max_drop_points,
+        "value_points": round(drop, 2),
+        "passed": bool(drop <= max_drop_points),
+        "message": f"student trails teacher by {drop:.2f} points (limit {max_drop_points:g})",
+    }

@@ -66,11 +66,13 @@ class FeatureHook:
         if layer not in modules:
             import difflib
 
-            from pipeline.errors import EdgekdError
+            from edgekd.pipeline.errors import EdgekdError
 
             close = difflib.get_close_matches(layer, list(modules), n=3)
-            raise EdgekdError(f"no layer {layer!r} in {type(model).__name__}" +
-                              (f"; did you mean {', '.join(close)}?" if close else ""))
+            raise EdgekdError(
+                f"no layer {layer!r} in {type(model).__name__}"
+                + (f"; did you mean {', '.join(close)}?" if close else "")
+            )
         self.output: torch.Tensor | None = None
         self.handle = modules[layer].register_forward_hook(self._hook)
 

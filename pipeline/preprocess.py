@@ -8,8 +8,8 @@ android_demo/core implements the same steps and is tested against these outputs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

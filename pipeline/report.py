@@ -1,15 +1,16 @@
 """report.json (for programs): the distillation part, and the shared `update_report`.
 
 Later stages (export, bench) add their sections to the same report.json through `update_report`;
-benchmarks/report.py renders report.md/html (for people) from whatever report.json holds.
+edgekd.benchmarks.report renders report.md/html (for people) from whatever report.json holds; the stage
+runner (edgekd.stage_table) calls it after the stages, so this package never imports the one above it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline import __version__
-from pipeline.rundir import RunDir, atomic_write_json, read_json
+from edgekd.pipeline import __version__, machine
+from edgekd.pipeline.rundir import RunDir, atomic_write_json, read_json
 
 
 def load_report(run: RunDir) -> dict:
@@ -25,15 +26,19 @@ def update_report(run: RunDir, **sections: Any) -> dict:
 
 
 def write_core_report(cfg, run: RunDir) -> dict:
-    from pipeline.stages import machine_info
-
     m = read_json(run.metrics)
     data = read_json(run.data_report) if run.data_report.exists() else {}
-    rep = update_report(run, edgekd_version=__version__, run_dir=str(run.root),
-                        teacher=m["teacher"], student=m["student"], baseline=m["baseline"],
-                        kd_gain_points=m["kd_gain_points"], gates=m["gates"], data=data,
-                        config=cfg.model_dump(mode="json"), machine=machine_info())
-    from benchmarks.report import render
-
-    render(run)  # report.md + report.html; the bench stage re-renders them with its measurements
+    rep = update_report(
+        run,
+        edgekd_version=__version__,
+        run_dir=str(run.root),
+        teacher=m["teacher"],
+        student=m["student"],
+        baseline=m["baseline"],
+        kd_gain_points=m["kd_gain_points"],
+        gates=m["gates"],
+        data=data,
+        config=cfg.model_dump(mode="json"),
+        machine=machine.describe(),
+    )
     return rep

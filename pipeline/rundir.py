@@ -20,13 +20,14 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import yaml
 
-from pipeline.errors import EdgekdError
+from edgekd.pipeline.errors import EdgekdError
 
 
 def _umask() -> int:
@@ -146,15 +147,19 @@ class RunDir:
         return what
 
     def config(self):
-        from pipeline.config import Config
+        from edgekd.pipeline.config import Config
 
         p = self.path("config.yaml")
         if not p.exists():
-            raise EdgekdError(f"{self.root} is not an edgekd run directory (no config.yaml); create it with `edgekd run`")
+            raise EdgekdError(
+                f"{self.root} is not an edgekd run directory (no config.yaml); create it with `edgekd run`"
+            )
         return Config.model_validate(yaml.safe_load(p.read_text()))
 
     def save_config(self, cfg) -> None:
-        atomic_write_bytes(self.path("config.yaml"), yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+        atomic_write_bytes(
+            self.path("config.yaml"), yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode()
+        )
 
     def stages(self) -> dict:
         p = self.path("stages.json")
@@ -165,7 +170,12 @@ class RunDir:
 
     def mark_stage(self, name: str, fp: str, seconds: float, **extra: Any) -> None:
         st = self.stages()
-        st[name] = {"fingerprint": fp, "seconds": round(seconds, 2), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        st[name] = {
+            "fingerprint": fp,
+            "seconds": round(seconds, 2),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **extra,
+        }
         atomic_write_json(self.path("stages.json"), st)
 
     def stage_fingerprint(self, name: str) -> Optional[str]:

@@ -8,25 +8,25 @@ same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline import distributed as dist_
-from pipeline import preprocess
-from pipeline.errors import EdgekdError
-from pipeline.losses import FeatureAdapter, FeatureHook, dkd_loss, kd_loss, soft_cross_entropy
-from pipeline.progress import log, progress
-from pipeline.rundir import atomic_path, atomic_write_json
+from edgekd.pipeline import distributed as dist_
+from edgekd.pipeline import preprocess
+from edgekd.pipeline.errors import EdgekdError
+from edgekd.pipeline.losses import FeatureAdapter, FeatureHook, dkd_loss, kd_loss, soft_cross_entropy
+from edgekd.pipeline.progress import log, progress
+from edgekd.pipeline.rundir import atomic_path, atomic_write_json
 
 
 @dataclass
@@ -129,8 +129,18 @@ class EpochBatches(torch.utils.data.Dataset):
     Everything random comes from (epoch seed, step), so the result is the same with any number of
     DataLoader workers or ranks, and after a resume."""
 
-    def __init__(self, data: "TrainData", order: torch.Tensor, batch_size: int, steps: int, scale, seed: int,
-                 mixup: float, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        data: TrainData,
+        order: torch.Tensor,
+        batch_size: int,
+        steps: int,
+        scale,
+        seed: int,
+        mixup: float,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.data, self.order, self.bs, self.steps, self.scale = data, order, batch_size, steps, scale
         self.seed, self.mixup, self.rank, self.world = seed, mixup, rank, world
 
@@ -141,7 +151,11 @@ class EpochBatches(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(self.seed * 100_003 + s)
         gidx = self.order[s * self.bs : (s + 1) * self.bs]
         r = torch.rand((len(gidx), 5), generator=g)
-        lam = float(np.random.default_rng(self.seed * 100_003 + s).beta(self.mixup, self.mixup)) if self.mixup > 0 else 1.0
+        lam = (
+            float(np.random.default_rng(self.seed * 100_003 + s).beta(self.mixup, self.mixup))
+            if self.mixup > 0
+            else 1.0
+        )
         part = torch.arange(len(gidx)).tensor_split(self.world)[self.rank]
         idx = gidx[part]
         x = augment(self.data.images[idx], self.data.image_size, self.scale, r[part])
@@ -160,12 +174,18 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 128, device: str = "cpu",
-                   desc: Optional[str] = None, channels_last: bool = True) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 128,
+    device: str = "cpu",
+    desc: Optional[str] = None,
+    channels_last: bool = True,
+) -> torch.Tensor:
     model.eval()
     outs = []
     it = range(0, len(x), batch_size)
-    for i in (progress(it, desc=desc, unit="batch") if desc else it):
+    for i in progress(it, desc=desc, unit="batch") if desc else it:
         xb = x[i : i + batch_size].to(device)
         if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -177,6 +197,158 @@ def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
+
+
+def _prepare(model: nn.Module, spec: TrainSpec, device: torch.device) -> None:
+    model.to(device)
+    if spec.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if spec.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = spec.bn_momentum
+
+
+def _feature_matching(
+    model: nn.Module, teacher: Optional[nn.Module], spec: TrainSpec, image_size: int, device: torch.device
+) -> tuple[list[FeatureHook], Optional[FeatureAdapter]]:
+    """Forward hooks on (teacher layer, student layer) and the learned 1x1 adapter between them."""
+    if not spec.feature_layers:
+        return [], None
+    if teacher is None:
+        raise EdgekdError("feature distillation needs the teacher in the loop (kd.mode=online)")
+    th, sh = FeatureHook(teacher, spec.feature_layers[0]), FeatureHook(model, spec.feature_layers[1])
+    with torch.no_grad():  # one probe forward to learn the feature shapes
+        probe = torch.zeros(2, 3, image_size, image_size, device=device)
+        teacher.eval(), model.eval()
+        teacher(probe), model(probe)
+    if th.output.dim() != 4 or sh.output.dim() != 4:
+        raise EdgekdError("feature distillation layers must output N x C x H x W feature maps")
+    return [th, sh], FeatureAdapter(sh.output.shape[1], th.output.shape[1]).to(device)
+
+
+def _optimizer(model: nn.Module, spec: TrainSpec, adapter: Optional[FeatureAdapter], steps_per_epoch: int):
+    """AdamW over (body, head, adapter) groups; frozen blocks excluded; warm-up + cosine per step, with the
+    body's learning rate held at 0 during the head-only epochs. Returns (optimizer, scheduler, body params)."""
+    head_params = list(spec.head.parameters()) if spec.head is not None else []
+    head_ids = {id(p) for p in head_params}
+    frozen_ids = {id(p) for m in spec.freeze_blocks for p in m.parameters()}
+    body = [p for p in model.parameters() if id(p) not in head_ids and id(p) not in frozen_ids]
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen_ids)
+    groups = [{"params": body}]
+    if head_params:
+        groups.append({"params": head_params})
+    if adapter is not None:
+        groups.append({"params": list(adapter.parameters())})
+    opt = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+
+    total = steps_per_epoch * spec.epochs
+    base = lr_lambda(total, steps_per_epoch * min(spec.warmup_epochs, spec.epochs))
+    head_steps = steps_per_epoch * spec.head_epochs
+
+    def body_lr(step: int) -> float:
+        return 0.0 if step < head_steps else base(step)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [body_lr] + [base] * (len(groups) - 1))
+    return opt, sched, body
+
+
+def _resume(
+    ckpt_path: Path, spec: TrainSpec, resume: bool, model: nn.Module, opt, sched, adapter: Optional[FeatureAdapter]
+) -> tuple[list[dict], dict, int]:
+    """(history, best, first epoch to run): restored from the checkpoint when resuming the same inputs."""
+    fresh: tuple[list[dict], dict, int] = ([], {"acc": None, "epoch": -1, "state": None}, 0)
+    if not ckpt_path.exists():
+        return fresh
+    if not resume:
+        log(f"{spec.name}: an earlier run stopped early ({ckpt_path}); starting over (pass --resume to continue it)")
+        return fresh
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if ck.get("fingerprint") != spec.fingerprint:
+        log(f"{spec.name}: checkpoint is from different inputs/settings; starting over")
+        return fresh
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    if adapter is not None and ck.get("adapter"):
+        adapter.load_state_dict(ck["adapter"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    log(f"{spec.name}: resumed after epoch {ck['epoch'] + 1}/{spec.epochs}")
+    return ck["history"], ck["best"], ck["epoch"] + 1
+
+
+def _loss(
+    spec: TrainSpec,
+    s_logits: torch.Tensor,
+    t_logits: Optional[torch.Tensor],
+    y: torch.Tensor,
+    target: torch.Tensor,
+    lam: float,
+    perm: Optional[torch.Tensor],
+    cached: bool,
+) -> torch.Tensor:
+    """The objective for one batch: KD (alpha*T^2*KL + (1-alpha)*CE), DKD, or hard labels only."""
+    if spec.kd_loss == "dkd":
+        return dkd_loss(s_logits, t_logits, y, spec.dkd_alpha, spec.dkd_beta, spec.temperature)
+    if spec.kd_loss == "kd":
+        tp = F.softmax(t_logits / spec.temperature, dim=1)
+        if perm is not None and cached:  # cached logits: mix the teacher's view too
+            tp = lam * tp + (1 - lam) * tp[perm.to(tp.device)]
+        return kd_loss(s_logits, tp, target, spec.alpha, spec.temperature, spec.label_smoothing)
+    return soft_cross_entropy(s_logits, target, spec.label_smoothing)
+
+
+def _train_epoch(
+    net: nn.Module,
+    spec: TrainSpec,
+    data: TrainData,
+    loader,
+    device: torch.device,
+    opt,
+    sched,
+    teacher: Optional[nn.Module],
+    hooks: list[FeatureHook],
+    adapter: Optional[FeatureAdapter],
+    epoch: int,
+    bar,
+) -> tuple[float, int, int]:
+    """One pass over the loader's batches; returns (summed loss, correct, images)."""
+    tl, tc, tn = 0.0, 0, 0
+    for x, y, idx, lam, perm in loader:
+        target: torch.Tensor = y
+        if perm is not None:
+            x = lam * x + (1 - lam) * x[perm]
+            onehot = F.one_hot(y, data.num_classes).float()
+            target = lam * onehot + (1 - lam) * onehot[perm]
+        x = preprocess.normalize(x.to(device, non_blocking=True), data.mean, data.std)
+        if spec.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y_dev, target = y.to(device), target.to(device)
+        with _autocast(device, spec.amp):
+            t_logits = None
+            if spec.kd_loss:
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher.eval()
+                        t_logits = teacher(x).float()
+                else:
+                    t_logits = data.teacher_logits[idx].to(device)
+            s_logits = net(x).float()
+            loss = _loss(spec, s_logits, t_logits, y_dev, target, lam, perm, cached=teacher is None)
+            if adapter is not None:
+                loss = loss + spec.feature_weight * adapter(hooks[1].output.float(), hooks[0].output.float())
+        if not torch.isfinite(loss):
+            raise EdgekdError(f"{spec.name}: loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        tl += loss.item() * len(idx)
+        tc += (s_logits.argmax(1) == y_dev).sum().item()
+        tn += len(idx)
+        bar.update(1)
+    return tl, tc, tn
 
 
 def train_model(
@@ -195,85 +367,32 @@ def train_model(
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    model.to(device)
-    if spec.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if spec.bn_momentum is not None:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = spec.bn_momentum
-
-    hooks: list[FeatureHook] = []
-    adapter: Optional[FeatureAdapter] = None
-    if spec.feature_layers:
-        if teacher is None:
-            raise EdgekdError("feature distillation needs the teacher in the loop (kd.mode=online)")
-        th, sh = FeatureHook(teacher, spec.feature_layers[0]), FeatureHook(model, spec.feature_layers[1])
-        hooks = [th, sh]
-        with torch.no_grad():
-            probe = torch.zeros(2, 3, data.image_size, data.image_size, device=device)
-            teacher.eval(), model.eval()
-            teacher(probe), model(probe)
-        if th.output.dim() != 4 or sh.output.dim() != 4:
-            raise EdgekdError("feature distillation layers must output N x C x H x W feature maps")
-        adapter = FeatureAdapter(sh.output.shape[1], th.output.shape[1]).to(device)
-
-    head_params = list(spec.head.parameters()) if spec.head is not None else []
-    head_ids = {id(p) for p in head_params}
-    frozen_ids = {id(p) for m in spec.freeze_blocks for p in m.parameters()}
-    body = [p for p in model.parameters() if id(p) not in head_ids and id(p) not in frozen_ids]
-    for p in model.parameters():
-        p.requires_grad_(id(p) not in frozen_ids)
-    groups = [{"params": body}]
-    if head_params:
-        groups.append({"params": head_params})
-    if adapter is not None:
-        groups.append({"params": list(adapter.parameters())})
-    opt = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
-
+    _prepare(model, spec, device)
+    hooks, adapter = _feature_matching(model, teacher, spec, data.image_size, device)
     n = len(data.labels)
     steps_per_epoch = max(1, n // spec.batch_size)  # drop_last: BatchNorm dislikes a batch of 1
-    total = steps_per_epoch * spec.epochs
-    warm = steps_per_epoch * min(spec.warmup_epochs, spec.epochs)
-    base = lr_lambda(total, warm)
-    head_steps = steps_per_epoch * spec.head_epochs
-
-    def body_lr(step: int) -> float:  # body frozen during the head-only epochs
-        return 0.0 if step < head_steps else base(step)
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, [body_lr] + [base] * (len(groups) - 1))
-
-    history: list[dict] = []
-    best = {"acc": None, "epoch": -1, "state": None}
-    start_epoch = 0
-    if ckpt_path.exists():
-        if resume:
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            if ck.get("fingerprint") != spec.fingerprint:
-                log(f"{spec.name}: checkpoint is from different inputs/settings; starting over")
-            else:
-                model.load_state_dict(ck["model"])
-                opt.load_state_dict(ck["optimizer"])
-                sched.load_state_dict(ck["scheduler"])
-                if adapter is not None and ck.get("adapter"):
-                    adapter.load_state_dict(ck["adapter"])
-                history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
-                torch.set_rng_state(ck["rng"]["torch"])
-                log(f"{spec.name}: resumed after epoch {start_epoch}/{spec.epochs}")
-        else:
-            log(f"{spec.name}: an earlier run stopped early ({ckpt_path}); starting over (pass --resume to continue it)")
+    opt, sched, body = _optimizer(model, spec, adapter, steps_per_epoch)
+    history, best, start_epoch = _resume(ckpt_path, spec, resume, model, opt, sched, adapter)
 
     weights = _sample_weights(data.labels, spec.balance)
-    num_classes = data.num_classes
     rank, world = dist_.rank(), dist_.world_size()
     if spec.batch_size % world:
         raise EdgekdError(f"train.batch_size={spec.batch_size} must be divisible by the {world} processes")
     net: nn.Module = model
     if world > 1:  # gradients averaged over ranks; each rank sees batch_size/world images per step
         # find_unused_parameters: the head-only epochs leave the body without gradients
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  find_unused_parameters=spec.head_epochs > 0)
-    bar = progress(None, desc=f"train {spec.name}", total=total, unit="step", initial=start_epoch * steps_per_epoch)
+        net = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=spec.head_epochs > 0,
+        )
+    bar = progress(
+        None,
+        desc=f"train {spec.name}",
+        total=steps_per_epoch * spec.epochs,
+        unit="step",
+        initial=start_epoch * steps_per_epoch,
+    )
     try:
         for epoch in range(start_epoch, spec.epochs):
             t_epoch = time.time()
@@ -285,70 +404,53 @@ def train_model(
             for p in body:
                 p.requires_grad_(not head_only)
             model.train()
-            order = torch.multinomial(weights, n, replacement=True, generator=g) if spec.balance \
+            order = (
+                torch.multinomial(weights, n, replacement=True, generator=g)
+                if spec.balance
                 else torch.randperm(n, generator=g)
-            batches = EpochBatches(data, order, spec.batch_size, steps_per_epoch, spec.crop_scale, es, spec.mixup,
-                                   rank, world)
-            loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
-                                                 pin_memory=device.type == "cuda", persistent_workers=False)
-            tl, tc, tn = 0.0, 0, 0
-            for x, y, idx, lam, perm in loader:
-                target: torch.Tensor = y
-                if perm is not None:
-                    x = lam * x + (1 - lam) * x[perm]
-                    onehot = F.one_hot(y, num_classes).float()
-                    target = lam * onehot + (1 - lam) * onehot[perm]
-                x = preprocess.normalize(x.to(device, non_blocking=True), data.mean, data.std)
-                if spec.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y_dev, target = y.to(device), target.to(device)
-                with _autocast(device, spec.amp):
-                    t_logits = None
-                    if spec.kd_loss:
-                        if teacher is not None:
-                            with torch.no_grad():
-                                teacher.eval()
-                                t_logits = teacher(x).float()
-                        else:
-                            t_logits = data.teacher_logits[idx].to(device)
-                    s_logits = net(x).float()
-                    if spec.kd_loss == "dkd":
-                        loss = dkd_loss(s_logits, t_logits, y_dev, spec.dkd_alpha, spec.dkd_beta, spec.temperature)
-                    elif spec.kd_loss == "kd":
-                        tp = F.softmax(t_logits / spec.temperature, dim=1)
-                        if perm is not None and teacher is None:  # cached logits: mix the teacher's view too
-                            tp = lam * tp + (1 - lam) * tp[perm.to(device)]
-                        loss = kd_loss(s_logits, tp, target, spec.alpha, spec.temperature, spec.label_smoothing)
-                    else:
-                        loss = soft_cross_entropy(s_logits, target, spec.label_smoothing)
-                    if adapter is not None:
-                        loss = loss + spec.feature_weight * adapter(hooks[1].output.float(), hooks[0].output.float())
-                if not torch.isfinite(loss):
-                    raise EdgekdError(f"{spec.name}: loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tl += loss.item() * len(idx)
-                tc += (s_logits.argmax(1) == y_dev).sum().item()
-                tn += len(idx)
-                bar.update(1)
-            rec = {"epoch": epoch + 1, "train_loss": tl / max(1, tn), "train_accuracy": tc / max(1, tn),
-                   "lr": sched.get_last_lr()[0], "train_seconds": round(time.time() - t_epoch, 2)}
+            )
+            batches = EpochBatches(
+                data, order, spec.batch_size, steps_per_epoch, spec.crop_scale, es, spec.mixup, rank, world
+            )
+            loader = torch.utils.data.DataLoader(
+                batches,
+                batch_size=None,
+                shuffle=False,
+                num_workers=num_workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=False,
+            )
+            tl, tc, tn = _train_epoch(net, spec, data, loader, device, opt, sched, teacher, hooks, adapter, epoch, bar)
+            rec = {
+                "epoch": epoch + 1,
+                "train_loss": tl / max(1, tn),
+                "train_accuracy": tc / max(1, tn),
+                "lr": sched.get_last_lr()[0],
+                "train_seconds": round(time.time() - t_epoch, 2),
+            }
             if data.val_x is not None and len(data.val_x):
                 vl = predict_logits(model, data.val_x, device=str(device), channels_last=spec.channels_last)
                 rec["val_accuracy"] = (vl.argmax(1) == data.val_y).float().mean().item()
                 rec["val_loss"] = F.cross_entropy(vl, data.val_y).item()
                 if best["acc"] is None or rec["val_accuracy"] > best["acc"]:
-                    best = {"acc": rec["val_accuracy"], "epoch": epoch + 1,
-                            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                    best = {
+                        "acc": rec["val_accuracy"],
+                        "epoch": epoch + 1,
+                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    }
             history.append(rec)
             bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val=f"{rec.get('val_accuracy', float('nan')):.3f}")
-            ck = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-                  "history": history, "best": best, "rng": {"torch": torch.get_rng_state()},
-                  "fingerprint": spec.fingerprint,
-                  "adapter": adapter.state_dict() if adapter is not None else None}
+            ck = {
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "best": best,
+                "rng": {"torch": torch.get_rng_state()},
+                "fingerprint": spec.fingerprint,
+                "adapter": adapter.state_dict() if adapter is not None else None,
+            }
             if rank == 0:  # one writer; every rank holds the same weights
                 with atomic_path(ckpt_path) as tmp:
                     torch.save(ck, tmp)
@@ -362,10 +464,21 @@ def train_model(
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.to(memory_format=torch.contiguous_format)
-    result = TrainResult(history=history, best_epoch=best["epoch"] if best["state"] is not None else spec.epochs,
-                         best_val_accuracy=best["acc"], seconds=time.time() - t0, resumed_from=start_epoch)
+    result = TrainResult(
+        history=history,
+        best_epoch=best["epoch"] if best["state"] is not None else spec.epochs,
+        best_val_accuracy=best["acc"],
+        seconds=time.time() - t0,
+        resumed_from=start_epoch,
+    )
     if rank == 0:
-        atomic_write_json(out / "history.json", {"history": history, "best_epoch": result.best_epoch,
-                                                 "best_val_accuracy": result.best_val_accuracy,
-                                                 "world_size": world})
+        atomic_write_json(
+            out / "history.json",
+            {
+                "history": history,
+                "best_epoch": result.best_epoch,
+                "best_val_accuracy": result.best_val_accuracy,
+                "world_size": world,
+            },
+        )
     return result

@@ -10,11 +10,17 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("EDGEKD_QUIET", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see pipeline/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see edgekd/cli.py)
 
 TINY_OVERRIDES = [
-    "data.image_size=32", "teacher.arch=efficientnet_lite0", "teacher.head_epochs=1", "teacher.epochs=1",
-    "train.epochs=2", "train.batch_size=16", "train.threads=2", "data.val_fraction=0.15",
+    "data.image_size=32",
+    "teacher.arch=efficientnet_lite0",
+    "teacher.head_epochs=1",
+    "teacher.epochs=1",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "train.threads=2",
+    "data.val_fraction=0.15",
     "kd.temperature=2.0",
 ]
 
@@ -50,11 +56,20 @@ def tiny_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_folder) -> Path:
     """A run through data -> evaluate on the tiny folder (about 10 s on 2 cores)."""
-    from pipeline.cli import main
+    from edgekd.cli import main
 
     out = tmp_path_factory.mktemp("tiny_run") / "run"
-    args = ["run", "--data", str(tiny_folder), "--out", str(out), "--stages",
-            "data,teacher,soft_labels,student,baseline,evaluate", "--set", "gate.max_accuracy_drop=100"]
+    args = [
+        "run",
+        "--data",
+        str(tiny_folder),
+        "--out",
+        str(out),
+        "--stages",
+        "data,teacher,soft_labels,student,baseline,evaluate",
+        "--set",
+        "gate.max_accuracy_drop=100",
+    ]
     for o in TINY_OVERRIDES:
         args += ["--set", o]
     rc = main(args)

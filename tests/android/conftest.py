@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import full_int8_tflite
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "android_demo"
@@ -42,8 +43,10 @@ def _tiny_models() -> dict[str, bytes]:
         return tf.function(body, input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32)])
 
     def nchw(size):
-        return tf.function(lambda x: body(tf.transpose(x, [0, 2, 3, 1])),
-                           input_signature=[tf.TensorSpec([1, 3, size, size], tf.float32)])
+        return tf.function(
+            lambda x: body(tf.transpose(x, [0, 2, 3, 1])),
+            input_signature=[tf.TensorSpec([1, 3, size, size], tf.float32)],
+        )
 
     def converter(fn):
         return tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
@@ -61,13 +64,7 @@ def _tiny_models() -> dict[str, bytes]:
         for _ in range(16):
             yield [r.uniform(-2.1, 2.6, (1, size, size, 3)).astype(np.float32)]
 
-    c = converter(nhwc(SIZES["tflite-int8"]))
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = representative
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = tf.int8
-    c.inference_output_type = tf.int8
-    out["tflite-int8"] = c.convert()
+    out["tflite-int8"] = full_int8_tflite(nhwc(SIZES["tflite-int8"]), representative)
     return out
 
 
@@ -105,23 +102,60 @@ def make_run(root: Path) -> Path:
         (d / "model.tflite").write_bytes(blob)
         sha = _sha(d / "model.tflite")
         meta = {
-            "schema": "edgekd.model/1", "name": "student", "arch": "tiny_test_cnn", "format": "tflite",
-            "precision": precision[name], "file": "model.tflite", "sha256": sha,
-            "source_checkpoint_sha256": "0" * 64, "edgekd_version": "0.1.0",
-            "labels": LABELS, "num_classes": len(LABELS),
-            "input": {"layout": layout[name], "height": SIZES[name], "width": SIZES[name], "channels": 3,
-                      "dtype": "int8" if name == "tflite-int8" else "float32", "color_mode": "RGB",
-                      "mean": MEAN, "std": STD, "scale": 1 / 255, "resize": "bilinear_half_pixel"},
+            "schema": "edgekd.model/1",
+            "name": "student",
+            "arch": "tiny_test_cnn",
+            "format": "tflite",
+            "precision": precision[name],
+            "file": "model.tflite",
+            "sha256": sha,
+            "source_checkpoint_sha256": "0" * 64,
+            "edgekd_version": "0.1.0",
+            "labels": LABELS,
+            "num_classes": len(LABELS),
+            "input": {
+                "layout": layout[name],
+                "height": SIZES[name],
+                "width": SIZES[name],
+                "channels": 3,
+                "dtype": "int8" if name == "tflite-int8" else "float32",
+                "color_mode": "RGB",
+                "mean": MEAN,
+                "std": STD,
+                "scale": 1 / 255,
+                "resize": "bilinear_half_pixel",
+            },
             "output": {"kind": "logits", "num_classes": len(LABELS)},
         }
         (d / "model.json").write_text(json.dumps(meta, indent=2))
         (d / "labels.txt").write_text("\n".join(LABELS) + "\n")
-        artifacts.append({"name": name, "format": "tflite", "precision": precision[name],
-                          "path": f"exports/{name}/model.tflite", "sha256": sha, "size_bytes": len(blob),
-                          "status": "ok", "reason": None, "parity": {"status": "ok", "max_abs_diff": 1e-6}})
-    artifacts.append({"name": "onnx", "format": "onnx", "precision": "fp32", "path": "exports/onnx/model.onnx",
-                      "sha256": "", "size_bytes": 0, "status": "skipped", "reason": "not needed here", "parity": None})
-    (exports / "manifest.json").write_text(json.dumps({"artifacts": artifacts}, indent=2))
+        artifacts.append(
+            {
+                "name": name,
+                "format": "tflite",
+                "precision": precision[name],
+                "path": f"exports/{name}/model.tflite",
+                "sha256": sha,
+                "size_bytes": len(blob),
+                "status": "ok",
+                "reason": None,
+                "parity": {"status": "ok", "max_abs_diff": 1e-6},
+            }
+        )
+    artifacts.append(
+        {
+            "name": "onnx",
+            "format": "onnx",
+            "precision": "fp32",
+            "path": "exports/onnx/model.onnx",
+            "sha256": "",
+            "size_bytes": 0,
+            "status": "skipped",
+            "reason": "not needed here",
+            "parity": None,
+        }
+    )
+    (exports / "manifest.json").write_text(json.dumps({"schema": "edgekd.exports/1", "artifacts": artifacts}, indent=2))
     _write_test_split(run)
     return run
 

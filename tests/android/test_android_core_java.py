@@ -27,8 +27,10 @@ def _need_java() -> None:
     missing = [n for n in ("javac", "java") if shutil.which(n) is None]
     missing += [str(p) for p in JARS.values() if not p.is_file()]
     if missing:
-        pytest.skip(f"Java toolchain absent ({', '.join(missing)}): apt-get install -y --no-install-recommends "
-                    "default-jdk-headless junit4 libandroid-json-java")
+        pytest.skip(
+            f"Java toolchain absent ({', '.join(missing)}): apt-get install -y --no-install-recommends "
+            "default-jdk-headless junit4 libandroid-json-java"
+        )
 
 
 def _cp(*parts: Path) -> str:
@@ -44,20 +46,40 @@ def core_classes(tmp_path_factory) -> tuple[Path, Path]:
     srcs = sorted(str(p) for p in (CORE / "src/main/java").rglob("*.java"))
     tests = sorted(str(p) for p in (CORE / "src/test/java").rglob("*.java"))
     for dst, cp, files in ((main, _cp(JARS["json"]), srcs), (test, _cp(JARS["json"], main, JARS["junit"]), tests)):
-        r = subprocess.run(["javac", "--release", "8", "-Xlint:all", "-Werror", "-encoding", "UTF-8", "-cp", cp,
-                            "-d", str(dst), *files], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                "javac",
+                "--release",
+                "8",
+                "-Xlint:all",
+                "-Werror",
+                "-encoding",
+                "UTF-8",
+                "-cp",
+                cp,
+                "-d",
+                str(dst),
+                *files,
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, f"javac failed:\n{r.stdout}\n{r.stderr}"
     return main, test
 
 
 def _junit(classes: tuple[Path, Path], resources: Path) -> subprocess.CompletedProcess:
     main, test = classes
-    names = sorted(p.relative_to(test).with_suffix("").as_posix().replace("/", ".")
-                   for p in test.rglob("*Test.class") if "$" not in p.name)
+    names = sorted(
+        p.relative_to(test).with_suffix("").as_posix().replace("/", ".")
+        for p in test.rglob("*Test.class")
+        if "$" not in p.name
+    )
     assert names, "no JUnit test classes compiled"
     cp = _cp(main, test, resources, JARS["json"], JARS["junit"], JARS["hamcrest"])
-    return subprocess.run(["java", "-cp", cp, "org.junit.runner.JUnitCore", *names],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["java", "-cp", cp, "org.junit.runner.JUnitCore", *names], capture_output=True, text=True, timeout=120
+    )
 
 
 def _tests_run(r: subprocess.CompletedProcess) -> int:
@@ -78,10 +100,20 @@ def test_junit_unit_tests_pass_without_golden(core_classes, tmp_path):
     assert _tests_run(r) >= 15
 
 
+def test_committed_golden_vectors_pass(core_classes):
+    """The golden vectors committed in core/src/test/resources (what `./gradlew :core:test` reads) pass."""
+    res = CORE / "src/test/resources"
+    names = (res / "golden" / "index.txt").read_text().split()
+    assert names, "no committed golden vectors"
+    r = _junit(core_classes, res)
+    assert _tests_run(r) > 0
+    assert f"GOLDEN OK: {len(names)} vectors" in r.stdout, r.stdout[-3000:]
+
+
 @pytest.fixture(scope="session")
 def golden_resources(android_run, app_factory, tmp_path_factory) -> Path:
     """Golden vectors of all three artifacts (fp32 NHWC, fp16 NCHW, int8 NHWC), as resources/golden/."""
-    from pipeline.android import install
+    from edgekd.android.install import install
 
     app = app_factory(tmp_path_factory.mktemp("app") / "android_demo")
     res = tmp_path_factory.mktemp("resources")
@@ -110,7 +142,7 @@ def test_golden_tensors_are_the_python_contract(golden_resources):
     import torch
     import torch.nn.functional as F
 
-    from pipeline.preprocess import preprocess_rgb
+    from edgekd.pipeline.preprocess import preprocess_rgb
 
     sources = set()
     for f in sorted((golden_resources / "golden").glob("*.json")):

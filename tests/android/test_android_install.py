@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -11,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.android import ASSETS, GOLDEN, install, main, register
-from pipeline.errors import EdgekdError
+from edgekd.android.install import ASSETS, GOLDEN, default_app, install
+from edgekd.cli import main
+from edgekd.pipeline.errors import EdgekdError
 
 APP = Path(__file__).resolve().parents[2] / "android_demo"
 
@@ -22,7 +22,7 @@ def _sha(p: Path) -> str:
 
 
 def _check_asset_contract(assets: Path) -> dict:
-    """What the app relies on, checked independently of pipeline.android."""
+    """What the app relies on, checked independently of edgekd.android."""
     from ai_edge_litert.interpreter import Interpreter
 
     meta = json.loads((assets / "model.json").read_text())
@@ -91,6 +91,7 @@ def test_installed_assets_in_repository_follow_the_contract():
 
 
 # -- one-line errors -----------------------------------------------------------------------------
+
 
 def _manifest(run: Path) -> dict:
     return json.loads((run / "exports/manifest.json").read_text())
@@ -173,16 +174,23 @@ def test_missing_precision_lists_what_exists(run_copy, app_copy):
 
 # -- the CLI and its build branches ---------------------------------------------------------------
 
-def _run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="edgekd")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
 
 def test_cli_without_sdk_copies_and_prints_instructions(android_run, app_copy, no_sdk, capsys):
-    rc = _run_cli(["android", "install", str(android_run), "--app", str(app_copy), "--precision", "fp16",
-                   "--device", "TAB01", "--golden-count", "2"])
+    rc = main(
+        [
+            "android",
+            "install",
+            str(android_run),
+            "--app",
+            str(app_copy),
+            "--precision",
+            "fp16",
+            "--device",
+            "TAB01",
+            "--golden-count",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "installed tflite-fp16 (fp16, sha256" in out
@@ -193,16 +201,30 @@ def test_cli_without_sdk_copies_and_prints_instructions(android_run, app_copy, n
 
 
 def test_cli_build_without_sdk_fails_after_copying(android_run, app_copy, no_sdk, capsys):
-    with pytest.raises(EdgekdError, match="no Android SDK here") as e:
-        _run_cli(["android", "install", str(android_run), "--app", str(app_copy), "--build", "--golden-count", "1"])
-    assert "\n" not in str(e.value)
-    out = capsys.readouterr().out
+    rc = main(["android", "install", str(android_run), "--app", str(app_copy), "--build", "--golden-count", "1"])
+    out, err = capsys.readouterr()
+    # exit code 2 and a one-line message, after the commands to run elsewhere
+    assert rc == 2 and err.startswith("edgekd: error: --build asked, but no Android SDK here"), err
+    assert err.count("\n") == 1, err
     assert "./gradlew :app:assembleDebug" in out and "adb install -r app/build/outputs/apk/debug/app-debug.apk" in out
     assert (app_copy / ASSETS / "model.tflite").is_file()
-    # the standalone entry point turns it into exit code 2 and a one-line message
-    rc = main(["install", str(android_run), "--app", str(app_copy), "--build", "--golden-count", "1"])
+
+
+def test_cli_one_line_error_and_nothing_copied(run_copy, app_copy, capsys):
+    _break(run_copy, "parity failed")
+    rc = main(["android", "install", str(run_copy), "--app", str(app_copy)])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: --build asked") and err.count("\n") == 1
+    assert rc == 2 and err.startswith("edgekd: error: artifact tflite-int8 did not pass parity"), err
+    assert err.count("\n") == 1
+    assert [p.name for p in (app_copy / ASSETS).iterdir()] == [".gitkeep"]
+
+
+def test_default_app_is_the_app_around_the_installer(tmp_path, monkeypatch):
+    """From a folder without android_demo/, the app is the one the installer package lives in."""
+    monkeypatch.chdir(tmp_path)
+    assert default_app().resolve() == APP.resolve()
+    (tmp_path / "android_demo").mkdir()
+    assert default_app() == Path("android_demo")
 
 
 def _fake_sdk(tmp_path: Path, app: Path, monkeypatch, gradle_rc: int = 0) -> Path:
@@ -217,8 +239,10 @@ def _fake_sdk(tmp_path: Path, app: Path, monkeypatch, gradle_rc: int = 0) -> Pat
     adb.chmod(0o755)
     gradlew = app / "gradlew"
     # shell builtins only: PATH holds nothing but the fake adb
-    gradlew.write_text(f'#!/bin/sh\necho "gradlew $* (in $PWD)" >> "{log}"\n'
-                       f': > app/build/outputs/apk/debug/app-debug.apk\nexit {gradle_rc}\n')
+    gradlew.write_text(
+        f'#!/bin/sh\necho "gradlew $* (in $PWD)" >> "{log}"\n'
+        f": > app/build/outputs/apk/debug/app-debug.apk\nexit {gradle_rc}\n"
+    )
     gradlew.chmod(0o755)
     (app / "app/build/outputs/apk/debug").mkdir(parents=True)
     monkeypatch.setenv("ANDROID_HOME", str(sdk))
@@ -229,12 +253,26 @@ def _fake_sdk(tmp_path: Path, app: Path, monkeypatch, gradle_rc: int = 0) -> Pat
 
 def test_cli_build_and_install_with_sdk(android_run, app_copy, tmp_path, monkeypatch, capsys):
     log = _fake_sdk(tmp_path, app_copy, monkeypatch)
-    rc = _run_cli(["android", "install", str(android_run), "--app", str(app_copy), "--build", "--device", "SERIAL123",
-                   "--golden-count", "1"])
+    rc = main(
+        [
+            "android",
+            "install",
+            str(android_run),
+            "--app",
+            str(app_copy),
+            "--build",
+            "--device",
+            "SERIAL123",
+            "--golden-count",
+            "1",
+        ]
+    )
     assert rc == 0
     lines = log.read_text().splitlines()
-    assert lines == [f"gradlew :app:assembleDebug (in {app_copy.resolve()})",
-                     "adb -s SERIAL123 install -r app/build/outputs/apk/debug/app-debug.apk"], lines
+    assert lines == [
+        f"gradlew :app:assembleDebug (in {app_copy.resolve()})",
+        "adb -s SERIAL123 install -r app/build/outputs/apk/debug/app-debug.apk",
+    ], lines
     assert "built and installed" in capsys.readouterr().out
 
 

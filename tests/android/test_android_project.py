@@ -17,8 +17,12 @@ FRAMEWORK = Path("/usr/share/android-framework-res/framework-res.apk")
 ANDROID = "{http://schemas.android.com/apk/res/android}"
 TOOLS = "{http://schemas.android.com/tools}"
 MANIFEST = APP / "app/src/main/AndroidManifest.xml"
-NETWORK_PERMISSIONS = {"android.permission.INTERNET", "android.permission.ACCESS_NETWORK_STATE",
-                       "android.permission.ACCESS_WIFI_STATE", "android.permission.CHANGE_NETWORK_STATE"}
+NETWORK_PERMISSIONS = {
+    "android.permission.INTERNET",
+    "android.permission.ACCESS_NETWORK_STATE",
+    "android.permission.ACCESS_WIFI_STATE",
+    "android.permission.CHANGE_NETWORK_STATE",
+}
 
 
 def _requested_permissions(root: ET.Element) -> set[str]:
@@ -36,8 +40,10 @@ def test_manifest_requests_no_network():
     assert {e.get(f"{ANDROID}name") for e in removed} == {"android.permission.INTERNET"}
     activity = root.find("application/activity")
     assert activity is not None and activity.get(f"{ANDROID}exported") == "true"
-    assert root.find("application/activity/intent-filter/category").get(f"{ANDROID}name") == \
-        "android.intent.category.LAUNCHER"
+    assert (
+        root.find("application/activity/intent-filter/category").get(f"{ANDROID}name")
+        == "android.intent.category.LAUNCHER"
+    )
 
 
 def _merged_manifest_for_aapt(dst: Path) -> Path:
@@ -62,22 +68,40 @@ def _merged_manifest_for_aapt(dst: Path) -> Path:
 def aapt2() -> str:
     exe = shutil.which("aapt2")
     if exe is None or not FRAMEWORK.is_file():
-        pytest.skip("aapt2 or framework-res.apk absent: "
-                    "apt-get install -y --no-install-recommends aapt android-framework-res")
+        pytest.skip(
+            "aapt2 or framework-res.apk absent: apt-get install -y --no-install-recommends aapt android-framework-res"
+        )
     return exe
 
 
 def test_resources_and_manifest_link_against_framework(aapt2, tmp_path):
     res_zip = tmp_path / "res.zip"
-    r = subprocess.run([aapt2, "compile", "--dir", str(APP / "app/src/main/res"), "-o", str(res_zip)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [aapt2, "compile", "--dir", str(APP / "app/src/main/res"), "-o", str(res_zip)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     manifest = _merged_manifest_for_aapt(tmp_path / "AndroidManifest.xml")
     apk = tmp_path / "app.apk"
     # framework-res.apk here is API 29: min 24 as in build.gradle.kts, target capped at what it knows
-    r = subprocess.run([aapt2, "link", "-I", str(FRAMEWORK), "--manifest", str(manifest),
-                        "--min-sdk-version", "24", "--target-sdk-version", "29", "-o", str(apk), str(res_zip)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            aapt2,
+            "link",
+            "-I",
+            str(FRAMEWORK),
+            "--manifest",
+            str(manifest),
+            "--min-sdk-version",
+            "24",
+            "--target-sdk-version",
+            "29",
+            "-o",
+            str(apk),
+            str(res_zip),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     dump = subprocess.run([aapt2, "dump", "permissions", str(apk)], capture_output=True, text=True)
     assert dump.returncode == 0, dump.stderr
@@ -93,8 +117,23 @@ def test_aapt2_link_catches_a_broken_resource(aapt2, tmp_path):
     res_zip = tmp_path / "res.zip"
     assert subprocess.run([aapt2, "compile", "--dir", str(res), "-o", str(res_zip)]).returncode == 0
     manifest = _merged_manifest_for_aapt(tmp_path / "AndroidManifest.xml")
-    r = subprocess.run([aapt2, "link", "-I", str(FRAMEWORK), "--manifest", str(manifest), "--min-sdk-version", "24",
-                        "-o", str(tmp_path / "x.apk"), str(res_zip)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            aapt2,
+            "link",
+            "-I",
+            str(FRAMEWORK),
+            "--manifest",
+            str(manifest),
+            "--min-sdk-version",
+            "24",
+            "-o",
+            str(tmp_path / "x.apk"),
+            str(res_zip),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0
 
 
@@ -127,9 +166,16 @@ def test_gradlew_explains_a_missing_wrapper_jar(tmp_path):
 def test_kotlin_app_uses_core_for_all_processing():
     src = {p.name: p.read_text() for p in (APP / "app/src/main/java").rglob("*.kt")}
     classifier = src["Classifier.kt"]
-    for needed in ("Preprocessor.toInputTensor", "Preprocessor.fillInputBuffer", "Postprocessor.classify",
-                   "ModelVerifier.verify", "ModelInfo.parse", "setNumThreads", "FileChannel.MapMode.READ_ONLY",
-                   "org.tensorflow.lite.Interpreter"):
+    for needed in (
+        "Preprocessor.toInputTensor",
+        "Preprocessor.fillInputBuffer",
+        "Postprocessor.classify",
+        "ModelVerifier.verify",
+        "ModelInfo.parse",
+        "setNumThreads",
+        "FileChannel.MapMode.READ_ONLY",
+        "org.tensorflow.lite.Interpreter",
+    ):
         assert needed in classifier, needed
     allsrc = "\n".join(src.values())
     for needed in ("ImageAnalysis", "PickVisualMedia", "OUTPUT_IMAGE_FORMAT_RGBA_8888", "preprocess", "inference"):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from bench_fixtures import SIZE, export_onnx, make_fake_run, tiny_net, write_synthetic_run
 
 os.environ.setdefault("EDGEKD_QUIET", "1")

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.schema import validate_report
-from pipeline.cli import main
+from edgekd.benchmarks.schema import validate_report
+from edgekd.cli import main
 
-pytestmark = pytest.mark.slow  # ~30 s: fresh worker processes (two import torch); 1 thread keeps it fast on a busy machine
+# ~30 s: fresh worker processes (two import torch); 1 thread keeps it fast on a busy machine
+pytestmark = pytest.mark.slow
 
 
 def test_bench_command_end_to_end(fake_run, capsys):
@@ -52,8 +53,8 @@ def test_bench_command_end_to_end(fake_run, capsys):
     assert "bench" in json.loads((fake_run / "stages.json").read_text())
 
     # the stage (as `edgekd run` calls it) does not measure again when nothing changed
-    from benchmarks.api import run_bench
-    from pipeline.rundir import RunDir
+    from edgekd.benchmarks.api import run_bench
+    from edgekd.pipeline.rundir import RunDir
 
     mtime = (fake_run / "bench" / "onnx@big-core.json").stat().st_mtime
     run = RunDir(fake_run)
@@ -81,16 +82,16 @@ def test_bad_input_is_one_line_and_exit_2(fake_run, tmp_path, capsys):
 
 def test_inputs_follow_the_artifacts_model_json(fake_run, tmp_path):
     """An artifact whose model.json asks for other normalisation gets its own input tensor."""
-    from benchmarks.api import _inputs_for
-    from pipeline.data import load_split
-    from pipeline.rundir import RunDir
+    from edgekd.benchmarks.subjects import inputs_for
+    from edgekd.pipeline.data import load_split
+    from edgekd.pipeline.rundir import RunDir
 
     run = RunDir(fake_run)
     cfg = run.config()
     data = load_split(run)
     cache: dict = {}
-    default = np.load(_inputs_for(run, cfg, data, 3, {"layout": "NCHW"}, cache, tmp_path))
-    raw = np.load(_inputs_for(run, cfg, data, 3, {"mean": [0, 0, 0], "std": [1, 1, 1], "scale": 1.0}, cache, tmp_path))
+    default = np.load(inputs_for(run, cfg, data, 3, {"layout": "NCHW"}, cache, tmp_path))
+    raw = np.load(inputs_for(run, cfg, data, 3, {"mean": [0, 0, 0], "std": [1, 1, 1], "scale": 1.0}, cache, tmp_path))
     assert default.shape == raw.shape == (3, 3, 32, 32) and len(cache) == 2
     mean = np.array(cfg.data.mean).reshape(1, 3, 1, 1)
     std = np.array(cfg.data.std).reshape(1, 3, 1, 1)

@@ -1,7 +1,7 @@
 import pytest
 
-from benchmarks import machine
-from pipeline.errors import EdgekdError
+from edgekd.benchmarks import machine
+from edgekd.pipeline.errors import EdgekdError
 
 
 def test_profiles_record_requested_vs_available():
@@ -20,8 +20,13 @@ def test_profiles_record_requested_vs_available():
 def test_count_macs_of_a_known_net():
     import torch.nn as nn
 
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
     # 32 px: conv1 16x16x8 outputs x 27; depthwise 16x16x8 x 9; linear 8x4
     assert machine.count_macs(net, 32) == 16 * 16 * 8 * 27 + 16 * 16 * 8 * 9 + 32
 

@@ -6,12 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-
-from benchmarks import compare, schema
-from benchmarks.report import render
-from pipeline.rundir import RunDir
-
 from bench_fixtures import synthetic_report, write_synthetic_run
+
+from edgekd.benchmarks import compare, schema
+from edgekd.benchmarks.report import render
+from edgekd.pipeline.rundir import RunDir
 
 SCHEMA_MD = Path(__file__).resolve().parents[2] / "benchmarks" / "SCHEMA.md"
 
@@ -46,6 +45,22 @@ def test_render_without_bench_says_so(tmp_path):
     assert htm.exists()
 
 
+def test_render_after_the_evaluate_stage_only(tmp_path):
+    """What every stage renders before the bench exists: report.json `machine` is THE machine description."""
+    from edgekd.pipeline.machine import describe
+
+    root = write_synthetic_run(tmp_path / "run", with_bench=False)
+    rep = json.loads((root / "report.json").read_text())
+    rep["machine"] = m = describe()
+    (root / "report.json").write_text(json.dumps(rep))
+    text = render(RunDir(root))[0].read_text()
+    assert "Not benchmarked yet" in text and "No goals evaluated yet" in text
+    machine = text.split("## Machine\n", 1)[1].split("\n## ", 1)[0]
+    assert f"- CPU: {m['cpu']}, {m['cores']} logical cores ({m['cores_available']} available" in machine
+    assert f"- platform: {m['platform']}, Python {m['python']}" in machine
+    assert "runtimes: " in machine and f"measured {m['date']}" in machine and "profile " not in machine
+
+
 def test_render_with_no_artifacts(tmp_path):
     root = tmp_path / "run"
     write_synthetic_run(root)
@@ -72,17 +87,25 @@ def test_schema_accepts_the_report_and_rejects_breakage():
     bad["teacher_bench"][0]["surprise"] = 1
     bad["goals"][0]["status"] = "yes"
     errs = "\n".join(schema.validate_report(bad))
-    for frag in ("artifacts[0].latency_ms: missing required key 'p99'", "artifacts[1].status: 'great'",
-                 "artifacts[1].size_bytes: expected integer/null", "teacher_bench[0]: unexpected key 'surprise'",
-                 "goals[0].status"):
+    for frag in (
+        "artifacts[0].latency_ms: missing required key 'p99'",
+        "artifacts[1].status: 'great'",
+        "artifacts[1].size_bytes: expected integer/null",
+        "teacher_bench[0]: unexpected key 'surprise'",
+        "goals[0].status",
+    ):
         assert frag in errs
     assert schema.validate_report({}) != []
 
 
 def test_schema_md_documents_every_field():
     doc = SCHEMA_MD.read_text()
-    for key in list(schema.MEASUREMENT_PROPERTIES) + list(schema.GOAL["properties"]) + \
-            list(schema.REPORT_BENCH_SCHEMA["properties"]) + list(schema.LATENCY["properties"]):
+    for key in (
+        list(schema.MEASUREMENT_PROPERTIES)
+        + list(schema.GOAL["properties"])
+        + list(schema.REPORT_BENCH_SCHEMA["properties"])
+        + list(schema.LATENCY["properties"])
+    ):
         assert f"`{key}`" in doc, f"SCHEMA.md does not document {key}"
 
 
@@ -102,7 +125,7 @@ def test_compare_two_runs(tmp_path):
 
 
 def test_compare_needs_reports(tmp_path):
-    from pipeline.errors import EdgekdError
+    from edgekd.pipeline.errors import EdgekdError
 
     a = write_synthetic_run(tmp_path / "a")
     (tmp_path / "empty").mkdir()
@@ -111,13 +134,14 @@ def test_compare_needs_reports(tmp_path):
 
 
 def test_save_results(synthetic_run, tmp_path):
-    path = compare.save_results(RunDir(synthetic_run), "quick-test", "edgekd bench run --save-results quick-test",
-                                results_dir=tmp_path)
+    path = compare.save_results(
+        RunDir(synthetic_run), "quick-test", "edgekd bench run --save-results quick-test", results_dir=tmp_path
+    )
     text = path.read_text()
     assert path.name == "quick-test.md"
     assert "command: `edgekd bench run --save-results quick-test`" in text
     assert "machine: Test CPU" in text and "date: 2026-01-01" in text and "| tflite-int8 |" in text
-    from pipeline.errors import EdgekdError
+    from edgekd.pipeline.errors import EdgekdError
 
     with pytest.raises(EdgekdError):
         compare.save_results(RunDir(synthetic_run), "../escape", "x", results_dir=tmp_path)

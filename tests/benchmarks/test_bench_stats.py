@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.stats import LATENCY_KEYS, percentile, summarize
+from edgekd.benchmarks.stats import LATENCY_KEYS, percentile, summarize
 
 
 def test_percentiles_of_1_to_100():

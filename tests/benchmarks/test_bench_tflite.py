@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from builders import full_int8_tflite
 
-from benchmarks.measure import run_worker
+from edgekd.benchmarks.measure import run_worker
 
 pytestmark = pytest.mark.slow  # TensorFlow import + two conversions, ~10 s
 
@@ -34,13 +35,7 @@ def tflite_models(tmp_path_factory):
         for _ in range(16):
             yield [r.normal(0, 1, (1, SIZE, SIZE, 3)).astype(np.float32)]
 
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([nhwc.get_concrete_function()], nhwc)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    (d / "int8.tflite").write_bytes(conv.convert())
+    (d / "int8.tflite").write_bytes(full_int8_tflite(nhwc, representative))
     x = np.random.default_rng(2).normal(size=(6, 3, SIZE, SIZE)).astype(np.float32)  # NCHW, as the bench feeds
     np.save(d / "x.npy", x)
     ref = body(tf.constant(x.transpose(0, 2, 3, 1))).numpy()
@@ -50,9 +45,17 @@ def tflite_models(tmp_path_factory):
 @pytest.mark.parametrize("name,layout,tol", [("fp32", "NHWC", 1e-4), ("fp32", None, 1e-4), ("int8", "NHWC", 0.35)])
 def test_tflite_worker(tflite_models, tmp_path, name, layout, tol):
     d, ref = tflite_models
-    res = run_worker({"kind": "tflite", "path": str(d / f"{name}.tflite"), "layout": layout}, d / "x.npy",
-                     tmp_path / "m.json", threads=1, min_queries=10, min_seconds=0, warmup=1,
-                     logits_out=tmp_path / "l.npy", timeout=120)
+    res = run_worker(
+        {"kind": "tflite", "path": str(d / f"{name}.tflite"), "layout": layout},
+        d / "x.npy",
+        tmp_path / "m.json",
+        threads=1,
+        min_queries=10,
+        min_seconds=0,
+        warmup=1,
+        logits_out=tmp_path / "l.npy",
+        timeout=120,
+    )
     assert res["status"] == "ok", res
     assert res["runtime"]["runtime"] == "litert" and res["runtime"]["layout"] == "NHWC"
     assert res["runtime"]["input_type"] == ("int8" if name == "int8" else "float32")

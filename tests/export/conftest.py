@@ -15,10 +15,19 @@ os.environ.setdefault("EDGEKD_QUIET", "1")
 SIZE = 32
 CLASSES = ("red_stripes", "green_dots", "blue_plain")
 RUN_OVERRIDES = [
-    f"data.image_size={SIZE}", "data.val_fraction=0.1", "data.test_fraction=0.3",
-    "teacher.arch=efficientnet_lite0", "teacher.head_epochs=1", "teacher.epochs=0",
-    "train.epochs=1", "train.batch_size=16", "train.lr=0.004", "train.threads=1", "train.warmup_epochs=0",
-    "kd.alpha=0.2", "gate.max_accuracy_drop=100",
+    f"data.image_size={SIZE}",
+    "data.val_fraction=0.1",
+    "data.test_fraction=0.3",
+    "teacher.arch=efficientnet_lite0",
+    "teacher.head_epochs=1",
+    "teacher.epochs=0",
+    "train.epochs=1",
+    "train.batch_size=16",
+    "train.lr=0.004",
+    "train.threads=1",
+    "train.warmup_epochs=0",
+    "kd.alpha=0.2",
+    "gate.max_accuracy_drop=100",
     "export.calibration_images=32",
 ]
 
@@ -51,7 +60,7 @@ def write_rgb_folder(root: Path, per_class: int = 34) -> Path:
 @pytest.fixture(scope="session")
 def export_run(tmp_path_factory) -> Path:
     """data -> teacher -> soft labels -> student on generated RGB images (export needs no evaluate stage)."""
-    from pipeline.cli import main
+    from edgekd.cli import main
 
     data = write_rgb_folder(tmp_path_factory.mktemp("export_data"))
     out = tmp_path_factory.mktemp("export_run") / "run"
@@ -74,10 +83,10 @@ def finish_training(run_dir: Path, steps: int = 40) -> None:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.data import load_split
-    from pipeline.models import save_state_dict
-    from pipeline.rundir import RunDir, atomic_write_json, read_json, sha256_file
-    from pipeline.stages import eval_tensor, load_student
+    from edgekd.pipeline.data import load_split
+    from edgekd.pipeline.models import save_state_dict
+    from edgekd.pipeline.rundir import RunDir, atomic_write_json, read_json, sha256_file
+    from edgekd.pipeline.stages import eval_tensor, load_student
 
     run = RunDir(run_dir)
     cfg = run.config()

@@ -13,11 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.formats import FORMATS, DEFAULT_GATES, gate_for, module_available, resolve_formats
-from pipeline.errors import EdgekdError, GateFailed
+from edgekd.export.formats import DEFAULT_GATES, FORMATS, gate_for, module_available, resolve_formats
+from edgekd.pipeline.errors import EdgekdError, GateFailed
 
-REQUIRED_MODEL_JSON = {"schema", "name", "arch", "format", "precision", "file", "sha256", "source_checkpoint_sha256",
-                       "edgekd_version", "labels", "num_classes", "input", "output"}
+REQUIRED_MODEL_JSON = {
+    "schema",
+    "name",
+    "arch",
+    "format",
+    "precision",
+    "file",
+    "sha256",
+    "source_checkpoint_sha256",
+    "edgekd_version",
+    "labels",
+    "num_classes",
+    "input",
+    "output",
+}
 REQUIRED_INPUT = {"layout", "height", "width", "channels", "dtype", "color_mode", "mean", "std", "scale", "resize"}
 ALL = list(FORMATS)
 
@@ -28,15 +41,19 @@ def _available(name: str) -> bool:
 
 # The tiny student's all-int8 model already agrees with PyTorch; an unreachable calibration target forces
 # the sensitivity scan so the float-fallback path (ONNX exclusion + TFLite denylist) is exercised too.
-FORCE_FALLBACK = {"int8_target_agreement": 1.01, "int8_max_float_layers": 1, "int8_scan_images": 16,
-                  "int8_min_gain": 0.0}
+FORCE_FALLBACK = {
+    "int8_target_agreement": 1.01,
+    "int8_max_float_layers": 1,
+    "int8_scan_images": 16,
+    "int8_min_gain": 0.0,
+}
 
 
 @pytest.fixture(scope="session")
 def exported(export_run):
     """run_export over every format; returns (run_dir, manifest)."""
-    import export.api as api
-    from pipeline.rundir import RunDir
+    import edgekd.export.api as api
+    from edgekd.pipeline.rundir import RunDir
 
     run = RunDir(export_run)
     cfg = run.config()
@@ -60,13 +77,30 @@ def _copy_run(src: Path, dst: Path) -> Path:
 
 
 def test_table_covers_the_issue_formats():
-    assert ALL == ["onnx", "onnx-int8", "tflite", "tflite-fp16", "tflite-int8", "tflite-dynamic", "coreml",
-                   "coreml-int8"]
+    assert ALL == [
+        "onnx",
+        "onnx-int8",
+        "tflite",
+        "tflite-fp16",
+        "tflite-int8",
+        "tflite-dynamic",
+        "coreml",
+        "coreml-int8",
+    ]
     for spec in FORMATS.values():
         assert spec.filename in ("model.onnx", "model.tflite", "model.mlpackage")
         assert spec.format in ("onnx", "tflite", "coreml")
         assert spec.precision in ("fp32", "fp16", "int8", "dynamic-int8")
         assert spec.layout == ("NHWC" if spec.format == "tflite" else "NCHW")
+
+
+def test_every_converter_name_resolves():
+    """The table's converter names are the registry's keys, one format module per container format."""
+    from edgekd.export.converters import CONVERTERS
+
+    assert {s.converter for s in FORMATS.values()} == set(CONVERTERS)
+    for spec in FORMATS.values():
+        assert CONVERTERS[spec.converter].__module__ == f"edgekd.export.to_{spec.format}"
 
 
 def test_unknown_format_names_the_closest():
@@ -76,7 +110,7 @@ def test_unknown_format_names_the_closest():
 
 
 def test_gates_defaults_and_overrides():
-    from export.formats import check_gate_keys
+    from edgekd.export.formats import check_gate_keys
 
     assert gate_for(FORMATS["onnx"]) == {"min_agreement": 0.999, "max_accuracy_drop_points": None}
     assert gate_for(FORMATS["coreml"])["min_agreement"] == 0.995
@@ -89,7 +123,7 @@ def test_gates_defaults_and_overrides():
 
 
 def test_parity_metrics_and_gate():
-    from export.parity import apply_gate, parity_metrics
+    from edgekd.export.parity import apply_gate, parity_metrics
 
     rng = np.random.default_rng(0)
     ref = rng.normal(0, 3, (50, 4))
@@ -132,13 +166,13 @@ def test_artifact_exports_and_passes_parity(exported, name):
 
 @pytest.mark.parametrize("name", [n for n in ALL if FORMATS[n].format != "coreml"])
 def test_artifact_runs_in_its_runtime(exported, name):
-    """load_runtime (the benchmark's entry point) reproduces the parity figures on fresh inputs."""
+    """load_runner (parity's and the benchmark's runtime layer) reproduces the parity figures on fresh inputs."""
     import torch
 
-    from export.parity import load_runtime
-    from pipeline.data import load_split
-    from pipeline.rundir import RunDir
-    from pipeline.stages import eval_tensor, load_student
+    from edgekd.export.runtimes import load_runner
+    from edgekd.pipeline.data import load_split
+    from edgekd.pipeline.rundir import RunDir
+    from edgekd.pipeline.stages import eval_tensor, load_student
 
     if not _available(name):
         pytest.skip("converter not installed")
@@ -149,13 +183,13 @@ def test_artifact_runs_in_its_runtime(exported, name):
     x = eval_tensor(run, data, cfg, "test").numpy()[:7]  # an odd batch
     with torch.no_grad():
         ref = load_student(cfg, run, len(data.classes))(torch.from_numpy(x)).numpy()
-    got = load_runtime(run_dir / _entry(manifest, name)["path"], threads=1)(x)
+    got = load_runner(run_dir / _entry(manifest, name)["path"], threads=1)(x)
     assert got.shape == ref.shape and got.dtype == np.float32
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
 def test_manifest_sha256_and_sizes_match_the_bytes(exported):
-    from export.api import tree_sha256, tree_size
+    from edgekd.export.api import tree_sha256, tree_size
 
     run_dir, manifest = exported
     on_disk = json.loads((run_dir / "exports" / "manifest.json").read_text())
@@ -165,8 +199,19 @@ def test_manifest_sha256_and_sizes_match_the_bytes(exported):
 
     assert on_disk["source_checkpoint_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     for e in on_disk["artifacts"]:
-        for key in ("name", "format", "precision", "path", "sha256", "size_bytes", "status", "reason", "parity",
-                    "layout", "converter"):
+        for key in (
+            "name",
+            "format",
+            "precision",
+            "path",
+            "sha256",
+            "size_bytes",
+            "status",
+            "reason",
+            "parity",
+            "layout",
+            "converter",
+        ):
             assert key in e
         if e["status"] != "ok":
             continue
@@ -180,7 +225,7 @@ def test_manifest_sha256_and_sizes_match_the_bytes(exported):
 
 @pytest.mark.parametrize("name", ALL)
 def test_metadata_round_trips(exported, name):
-    from export.metadata import read_embedded
+    from edgekd.export.metadata import read_embedded
 
     if not _available(name):
         pytest.skip("converter not installed")
@@ -225,15 +270,14 @@ def test_int8_artifacts_really_are_int8(exported):
 
 def test_int8_graph_is_fully_delegated_to_xnnpack(exported):
     """No HARD_SWISH / RELU_0_TO_1 fallbacks: the whole int8 graph is one XNNPACK partition."""
-    from ai_edge_litert.interpreter import Interpreter
+    from edgekd.export.runtimes import tflite_interpreter, tflite_ops
 
     if not _available("tflite-int8"):
         pytest.skip("converter not installed")
     run_dir, manifest = exported
     for name in ("tflite", "tflite-int8"):
-        it = Interpreter(model_path=str(run_dir / _entry(manifest, name)["path"]), num_threads=1)
-        it.allocate_tensors()
-        ops = [o["op_name"] for o in it._get_ops_details()]
+        it = tflite_interpreter(run_dir / _entry(manifest, name)["path"], 1)
+        ops = [o["op_name"] for o in tflite_ops(it)]
         assert "RELU_0_TO_1" not in ops
         if name == "tflite-int8":
             assert "HARD_SWISH" not in ops
@@ -250,8 +294,8 @@ def test_report_has_the_exports_section(exported):
 def test_int8_qat_ran_and_is_reported(exported):
     """FORCE_FALLBACK's unreachable target makes int8_qat=auto fine-tune: both int8 artifacts are made from
     the same QAT copy, the manifest says so, and the report tells people how each int8 file was made."""
-    from benchmarks.report import render
-    from pipeline.rundir import RunDir
+    from edgekd.benchmarks.report import render
+    from edgekd.pipeline.rundir import RunDir
 
     run_dir, manifest = exported
     by = {a["name"]: a for a in manifest["artifacts"]}
@@ -292,9 +336,9 @@ def _corrupt_onnx(path: Path) -> None:
 
 
 def test_corrupted_artifact_fails_the_gate(export_run, tmp_path, monkeypatch):
-    from export import converters
-    from export.api import run_export
-    from pipeline.rundir import RunDir
+    from edgekd.export import converters
+    from edgekd.export.api import run_export
+    from edgekd.pipeline.rundir import RunDir
 
     run = RunDir(_copy_run(export_run, tmp_path / "run"))
     original = converters.CONVERTERS["onnx_fp32"]
@@ -316,14 +360,15 @@ def test_corrupted_artifact_fails_the_gate(export_run, tmp_path, monkeypatch):
 
 def test_parity_check_catches_a_corrupted_tflite_file(exported, tmp_path):
     """Bytes changed after export: the runtime still loads it, parity says no."""
-    from ai_edge_litert import schema_py_generated as fb
-
-    from export.parity import apply_gate, load_runtime, parity_metrics
-    from pipeline.data import load_split
-    from pipeline.rundir import RunDir
-    from pipeline.stages import eval_tensor, load_student
     import flatbuffers
     import torch
+    from ai_edge_litert import schema_py_generated as fb
+
+    from edgekd.export.parity import apply_gate, parity_metrics
+    from edgekd.export.runtimes import load_runner
+    from edgekd.pipeline.data import load_split
+    from edgekd.pipeline.rundir import RunDir
+    from edgekd.pipeline.stages import eval_tensor, load_student
 
     if not _available("tflite"):
         pytest.skip("converter not installed")
@@ -331,7 +376,11 @@ def test_parity_check_catches_a_corrupted_tflite_file(exported, tmp_path):
     src = run_dir / _entry(manifest, "tflite")["path"]
     model = fb.ModelT.InitFromPackedBuf(bytearray(src.read_bytes()), 0)
     sub = model.subgraphs[0]
-    fc = [op for op in sub.operators if model.operatorCodes[op.opcodeIndex].builtinCode == fb.BuiltinOperator.FULLY_CONNECTED][-1]
+    fc = [
+        op
+        for op in sub.operators
+        if model.operatorCodes[op.opcodeIndex].builtinCode == fb.BuiltinOperator.FULLY_CONNECTED
+    ][-1]
     buf = model.buffers[sub.tensors[fc.inputs[1]].buffer]
     w = np.frombuffer(bytes(buf.data), np.float32).copy()
     buf.data = np.frombuffer(np.random.default_rng(1).permutation(w).tobytes(), np.uint8)
@@ -346,15 +395,15 @@ def test_parity_check_catches_a_corrupted_tflite_file(exported, tmp_path):
     x = eval_tensor(run, data, cfg, "test").numpy()
     with torch.no_grad():
         ref = load_student(cfg, run, len(data.classes))(torch.from_numpy(x)).numpy()
-    m = parity_metrics(ref, load_runtime(bad, 1)(x), data.labels("test"))
+    m = parity_metrics(ref, load_runner(bad, 1)(x), data.labels("test"))
     status, why = apply_gate(m, gate_for(FORMATS["tflite"]))
     assert status == "failed" and "agreement" in why[0]
 
 
 def test_converter_error_leaves_no_file_and_a_reason(export_run, tmp_path, monkeypatch):
-    from export import converters
-    from export.api import run_export
-    from pipeline.rundir import RunDir
+    from edgekd.export import converters
+    from edgekd.export.api import run_export
+    from edgekd.pipeline.rundir import RunDir
 
     run = RunDir(_copy_run(export_run, tmp_path / "run"))
     stale = run.path("exports", "onnx")
@@ -376,9 +425,9 @@ def test_converter_error_leaves_no_file_and_a_reason(export_run, tmp_path, monke
 
 
 def test_missing_converter_is_skipped_with_a_reason(export_run, tmp_path, monkeypatch):
-    import export.formats as formats
-    from export.api import run_export
-    from pipeline.rundir import RunDir
+    import edgekd.export.formats as formats
+    from edgekd.export.api import run_export
+    from edgekd.pipeline.rundir import RunDir
 
     run = RunDir(_copy_run(export_run, tmp_path / "run"))
     real = formats.module_available
@@ -394,7 +443,7 @@ def test_missing_converter_is_skipped_with_a_reason(export_run, tmp_path, monkey
 
 
 def test_cli_export(export_run, tmp_path, capsys):
-    from pipeline.cli import main
+    from edgekd.cli import main
 
     run_dir = _copy_run(export_run, tmp_path / "run")
     assert main(["export", str(run_dir), "--formats", "onnx", "--set", "export.parity_images=5"]) == 0
@@ -406,7 +455,7 @@ def test_cli_export(export_run, tmp_path, capsys):
 
 
 def test_cli_gate_failure_exits_3(export_run, tmp_path, capsys):
-    from pipeline.cli import main
+    from edgekd.cli import main
 
     run_dir = _copy_run(export_run, tmp_path / "run")
     # an impossible gate (agreement > 100%) is rejected as bad config ...
@@ -415,38 +464,6 @@ def test_cli_gate_failure_exits_3(export_run, tmp_path, capsys):
     assert main(["export", str(run_dir), "--formats", "onnx", "--set", "export.gates.fp32_accuracy_drop=-1"]) == 3
     err = capsys.readouterr().err
     assert "onnx parity gate missed (accuracy drop" in err
-
-
-def test_tflite_runner_quantizes_int8_inputs(tmp_path):
-    """load_runtime handles int8-I/O TFLite files (quantize input, dequantize output) and NHWC layout."""
-    import tensorflow as tf
-
-    from export.parity import load_runtime
-
-    w = tf.constant(np.random.default_rng(0).normal(0, 0.5, (3, 4)).astype(np.float32))
-
-    @tf.function(input_signature=[tf.TensorSpec([1, 6, 6, 3], tf.float32)])
-    def f(x):
-        return tf.matmul(tf.reduce_mean(x, axis=[1, 2]), w)
-
-    def rep():
-        r = np.random.default_rng(1)
-        for _ in range(16):
-            yield [r.normal(0, 1, (1, 6, 6, 3)).astype(np.float32)]
-
-    c = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = rep
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = tf.int8
-    c.inference_output_type = tf.int8
-    p = tmp_path / "m.tflite"
-    p.write_bytes(c.convert())
-    x = np.random.default_rng(2).normal(0, 1, (5, 3, 6, 6)).astype(np.float32)  # NCHW in
-    got = load_runtime(p, 1)(x)
-    ref = x.mean(axis=(2, 3)) @ w.numpy()
-    assert got.dtype == np.float32 and got.shape == (5, 4)
-    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max() + 0.05
 
 
 def test_module_available():

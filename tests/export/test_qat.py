@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning (export/qat.py), the int8 source choice (ExportContext.int8_model) and the
+"""Quantization-aware fine-tuning (export/qat.py), the int8 source choice (export.to_onnx.int8_model) and the
 XNNPACK-friendly activation rewrite, on tiny models (no pipeline run needed)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from export.graph import xnnpack_friendly
-from export.int8_latency import _model as bn_calibrated_model
-from export.qat import attach_quant_points, qat_finetune
+from edgekd.export.graph import xnnpack_friendly
+from edgekd.export.int8_latency import _model as bn_calibrated_model
+from edgekd.export.qat import attach_quant_points, qat_finetune
 
 SIZE = 32
 
@@ -48,10 +48,14 @@ def test_quant_points_follow_the_converters():
     # a conv followed by BN is never a point (BN is folded), nor a BN followed by a ReLU (fused); the logits
     # layer is not either (both int8 artifacts keep the logits float)
     mods = dict(m.named_modules())
-    folded = {f"{p}.{a}" for p, seq in m.named_modules() if isinstance(seq, nn.Sequential)
-              for (a, x), (_, y) in zip(list(seq.named_children()), list(seq.named_children())[1:])
-              if (isinstance(x, nn.Conv2d) and isinstance(y, nn.BatchNorm2d))
-              or (isinstance(x, nn.BatchNorm2d) and isinstance(y, nn.ReLU))}
+    folded = {
+        f"{p}.{a}"
+        for p, seq in m.named_modules()
+        if isinstance(seq, nn.Sequential)
+        for (a, x), (_, y) in zip(list(seq.named_children()), list(seq.named_children())[1:])
+        if (isinstance(x, nn.Conv2d) and isinstance(y, nn.BatchNorm2d))
+        or (isinstance(x, nn.BatchNorm2d) and isinstance(y, nn.ReLU))
+    }
     assert folded and not folded & set(names)
     assert "classifier.3" not in names and "classifier.0" in names and "classifier.1" in names
     x = torch.from_numpy(_images(8, 1))
@@ -91,7 +95,7 @@ def test_qat_weights_on_int8_grid_and_source_untouched():
 def test_qat_reduces_the_simulated_int8_error():
     """The point of QAT: with int8 rounding simulated, the fine-tuned model is closer to the float student
     than the student itself is when rounded the same way (logit MSE on the calibration images)."""
-    from export import qat
+    from edgekd.export import qat
 
     m = _tiny_student()
     train, calib = _images(64, 4), _images(32, 5)
@@ -121,28 +125,39 @@ def test_int8_source_modes(tmp_path):
     """int8_qat: off -> the student itself; auto with a reachable target -> the student, PTQ figure recorded;
     on -> a fine-tuned copy, reported."""
     pytest.importorskip("onnxruntime")
-    from export.converters import ExportContext
+    from edgekd.export.context import ExportContext
+    from edgekd.export.to_onnx import int8_model, onnx_graph
 
     m = _tiny_student()
     calib = _images(16, 6)
 
     def ctx(**opts):
-        return ExportContext(model=m, arch="mobilenet_v3_small", labels=list("abcd"), image_size=SIZE,
-                             mean=(0.5,) * 3, std=(0.5,) * 3, calib=calib, work=tmp_path / str(len(list(tmp_path.iterdir()))),
-                             threads=1, source_sha256="-", options={"int8_qat_epochs": 1, **opts},
-                             train_images=lambda n: _images(min(n, 32), 7))
+        return ExportContext(
+            model=m,
+            arch="mobilenet_v3_small",
+            labels=list("abcd"),
+            image_size=SIZE,
+            mean=(0.5,) * 3,
+            std=(0.5,) * 3,
+            calib=calib,
+            work=tmp_path / str(len(list(tmp_path.iterdir()))),
+            threads=1,
+            source_sha256="-",
+            options={"int8_qat_epochs": 1, **opts},
+            train_images=lambda n: _images(min(n, 32), 7),
+        )
 
     off = ctx(int8_qat="off")
-    assert off.int8_model() is m and off._cache["qat_info"] == {"used": False, "mode": "off"}
+    assert int8_model(off) is m and off.cache["qat_info"] == {"used": False, "mode": "off"}
     auto = ctx(int8_qat="auto", int8_target_agreement=0.0)
-    assert auto.int8_model() is m and 0 <= auto._cache["qat_info"]["ptq_calibration_agreement"] <= 1
+    assert int8_model(auto) is m and 0 <= auto.cache["qat_info"]["ptq_calibration_agreement"] <= 1
     on = ctx(int8_qat="on")
-    q = on.int8_model()
-    info = on._cache["qat_info"]
+    q = int8_model(on)
+    info = on.cache["qat_info"]
     assert q is not m and info["used"] and info["images"] == 32 and info["epochs"] == 1
-    assert on.onnx_fp32(int8_source=True) != on.onnx_fp32()
+    assert onnx_graph(on, int8_source=True) != onnx_graph(on)
     with pytest.raises(Exception, match="int8_qat"):
-        ctx(int8_qat="sometimes").int8_model()
+        int8_model(ctx(int8_qat="sometimes"))
 
 
 @pytest.mark.parametrize("int8", [False, True])

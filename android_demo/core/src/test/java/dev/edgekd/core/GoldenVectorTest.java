@@ -20,7 +20,7 @@ import org.junit.Assume;
 import org.junit.Test;
 
 /**
- * Golden vectors written by `edgekd android install` (pipeline/android.py) from the exported model
+ * Golden vectors written by `edgekd android install` (edgekd.android.golden) from the exported model
  * run in Python with LiteRT: for each image, the Java preprocessing must give the same input tensor
  * (within 1e-5; quantized values within one step) and the Java postprocessing of the model's raw
  * output must give the same top-k as Python. Files: classpath golden/index.txt, one JSON per line.

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from pipeline.rundir import RunDir
-from pipeline.stages import read_soft_labels
+from edgekd.pipeline.rundir import RunDir
+from edgekd.pipeline.stages import read_soft_labels
 from tests.conftest import TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
@@ -30,14 +30,31 @@ def test_two_process_run_matches_one_process(tiny_run, tmp_path):
     sets = []
     for o in TINY_OVERRIDES + ["gate.max_accuracy_drop=100", "train.threads=1"]:
         sets += ["--set", o]
-    p = subprocess.run([sys.executable, "-m", "pipeline", "run", "--data", data["source"], "--out", str(out),
-                        "--nproc-per-node", "2", "--stages", "data,teacher,soft_labels,student,baseline,evaluate",
-                        *sets], capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekd",
+            "run",
+            "--data",
+            data["source"],
+            "--out",
+            str(out),
+            "--nproc-per-node",
+            "2",
+            "--stages",
+            "data,teacher,soft_labels,student,baseline,evaluate",
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     two = RunDir(out)
 
     # soft labels: one shard per rank, together identical to the single-process labels
-    shards = sorted((p_ for p_ in (out / "soft_labels").rglob("shard-*.safetensors")))
+    shards = sorted(p_ for p_ in (out / "soft_labels").rglob("shard-*.safetensors"))
     assert [s.name for s in shards] == ["shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors"]
     n = sum(1 for it in data["items"] if it["split"] == "train")
     a = read_soft_labels(shards[0].parent, n)

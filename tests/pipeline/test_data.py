@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig
-from pipeline.data import check_image, prepare_data
-from pipeline.errors import EdgekdError
-from pipeline.preprocess import load_rgb, preprocess_rgb
-from pipeline.rundir import RunDir
+from edgekd.pipeline.config import DataConfig
+from edgekd.pipeline.data import check_image, prepare_data
+from edgekd.pipeline.errors import EdgekdError
+from edgekd.pipeline.preprocess import load_rgb, preprocess_rgb
+from edgekd.pipeline.rundir import RunDir
 from tests.conftest import write_folder
 
 
@@ -96,7 +96,7 @@ def test_split_is_deterministic_stratified_and_leakage_is_reported(tmp_path):
     c = prepare_data(DataConfig(source=str(root), seed=3), RunDir(tmp_path / "r3"))
     leaks = c.report["cross_split_duplicates"]
     if leaks:  # the copy may itself land in test; then it is not a cross-split leak
-        assert any("zz_copy.png" in "".join(l["files"]) for l in leaks)
+        assert any("zz_copy.png" in "".join(leak["files"]) for leak in leaks)
     else:
         assert next(i for i in c.items if i.key.endswith("zz_copy.png")).split == test_item.split
 

@@ -2,22 +2,40 @@
 
 import torch
 
-from pipeline.models import build_student
-from pipeline.train import TrainData, TrainSpec, train_model
+from edgekd.pipeline.models import build_student
+from edgekd.pipeline.train import TrainData, TrainSpec, train_model
 
 
 def _data(n=48, size=24, k=3):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, size + 4, size + 4), dtype=torch.uint8, generator=g)
     labels = torch.arange(n) % k
-    return TrainData(images=images, labels=labels, image_size=size, mean=(0.5,) * 3, std=(0.25,) * 3,
-                     val_x=torch.randn(12, 3, size, size, generator=g), val_y=torch.arange(12) % k,
-                     teacher_logits=torch.randn(n, k, generator=g), num_classes=k)
+    return TrainData(
+        images=images,
+        labels=labels,
+        image_size=size,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        val_x=torch.randn(12, 3, size, size, generator=g),
+        val_y=torch.arange(12) % k,
+        teacher_logits=torch.randn(n, k, generator=g),
+        num_classes=k,
+    )
 
 
 def _spec(out, epochs, kd="kd"):
-    return TrainSpec(name="t", out_dir=out, epochs=epochs, lr=1e-2, batch_size=16, mixup=0.2, kd_loss=kd,
-                     temperature=2.0, fingerprint="fp", seed=1)
+    return TrainSpec(
+        name="t",
+        out_dir=out,
+        epochs=epochs,
+        lr=1e-2,
+        batch_size=16,
+        mixup=0.2,
+        kd_loss=kd,
+        temperature=2.0,
+        fingerprint="fp",
+        seed=1,
+    )
 
 
 def _model():

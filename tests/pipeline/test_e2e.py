@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.rundir import RunDir
+from edgekd.cli import main
+from edgekd.pipeline.rundir import RunDir
 from tests.conftest import TINY_OVERRIDES
 
 CORE = "data,teacher,soft_labels,student,baseline,evaluate"
@@ -66,8 +66,8 @@ def test_second_run_skips_unchanged_stages_and_recomputes_on_change(tiny_run, ti
 
 
 def test_soft_label_cache_key_changes_with_preprocessing(tiny_run):
-    from pipeline.data import load_split
-    from pipeline.stages import soft_label_dir
+    from edgekd.pipeline.data import load_split
+    from edgekd.pipeline.stages import soft_label_dir
 
     run = RunDir(tiny_run)
     cfg = run.config()
@@ -85,8 +85,12 @@ def test_gate_failure_exits_3_with_results_written(tiny_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
     # the gate only re-reads metrics: an impossible limit must fail it
-    rc = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", str(out), "--set", "gate.max_accuracy_drop=-101"],
-                        capture_output=True, text=True, env={"EDGEKD_QUIET": "1", "PATH": "/usr/bin:/bin"})
+    rc = subprocess.run(
+        [sys.executable, "-m", "edgekd", "evaluate", str(out), "--set", "gate.max_accuracy_drop=-101"],
+        capture_output=True,
+        text=True,
+        env={"EDGEKD_QUIET": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert rc.returncode == 3, rc.stderr
     last = rc.stderr.strip().splitlines()[-1]
     assert last.startswith("edgekd: gate failed: student trails teacher") and "Traceback" not in rc.stderr
@@ -102,7 +106,7 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path):
         (["run", "--out", str(tmp_path / "r"), "--stages", "data,tacher"], "unknown stage"),
     ]
     for argv, needle in cases:
-        p = subprocess.run([sys.executable, "-m", "pipeline", *argv], capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "edgekd", *argv], capture_output=True, text=True)
         assert p.returncode == 2, (argv, p.stderr)
         assert needle in p.stderr and "Traceback" not in p.stderr, p.stderr
 
@@ -110,9 +114,22 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path):
 def test_online_kd_with_feature_matching(tiny_folder, tiny_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
-    rc = main(["distill", str(out), "--set", "kd.mode=online", "--set", "kd.feature.enabled=true",
-               "--set", "kd.feature.teacher_layer=_blocks.5", "--set", "kd.feature.student_layer=features.4",
-               "--set", "train.epochs=1"])
+    rc = main(
+        [
+            "distill",
+            str(out),
+            "--set",
+            "kd.mode=online",
+            "--set",
+            "kd.feature.enabled=true",
+            "--set",
+            "kd.feature.teacher_layer=_blocks.5",
+            "--set",
+            "kd.feature.student_layer=features.4",
+            "--set",
+            "train.epochs=1",
+        ]
+    )
     assert rc == 0
     hist = json.loads((out / "student" / "history.json").read_text())["history"]
     assert len(hist) == 1 and np.isfinite(hist[0]["train_loss"])

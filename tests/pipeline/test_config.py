@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.config import load_config, parse_set
-from pipeline.errors import EdgekdError
+from edgekd.pipeline.config import load_config, parse_set
+from edgekd.pipeline.errors import EdgekdError
 
 
 def test_unknown_key_names_closest_valid_key():

@@ -4,8 +4,8 @@ import urllib.error
 import pytest
 import torch
 
-from pipeline.errors import EdgekdError
-from pipeline.models import build_student, build_teacher, load_state_dict_file, save_state_dict
+from edgekd.pipeline.errors import EdgekdError
+from edgekd.pipeline.models import build_student, build_teacher, load_state_dict_file, save_state_dict
 
 
 class Payload:

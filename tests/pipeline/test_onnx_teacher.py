@@ -3,15 +3,14 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
-from pipeline.cli import main
-from pipeline.data import load_split
-from pipeline.errors import EdgekdError
-from pipeline.rundir import RunDir
-from pipeline.stages import load_teacher
+from edgekd.cli import main
+from edgekd.pipeline.data import load_split
+from edgekd.pipeline.errors import EdgekdError
+from edgekd.pipeline.rundir import RunDir
+from edgekd.pipeline.stages import load_teacher
 
 
 def test_onnx_teacher_gives_the_same_soft_labels(tiny_run, tmp_path):
@@ -21,8 +20,15 @@ def test_onnx_teacher_gives_the_same_soft_labels(tiny_run, tmp_path):
     teacher = load_teacher(cfg, run, k)
     onnx_path = tmp_path / "teacher.onnx"
     x = torch.randn(2, 3, 32, 32)
-    torch.onnx.export(teacher, x, str(onnx_path), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    torch.onnx.export(
+        teacher,
+        x,
+        str(onnx_path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
 
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
@@ -32,11 +38,13 @@ def test_onnx_teacher_gives_the_same_soft_labels(tiny_run, tmp_path):
     assert meta["kind"] == "onnx" and meta["arch"] == "onnx:teacher.onnx"
     assert main(["distill", str(out), "--set", "train.epochs=1"]) == 0
 
-    from pipeline.stages import read_soft_labels
+    from edgekd.pipeline.stages import read_soft_labels
 
     n = len(load_split(run).subset("train"))
     torch_labels = read_soft_labels(next((tiny_run / "soft_labels").iterdir()), n)
-    onnx_dirs = [d for d in (out / "soft_labels").iterdir() if d.name != next((tiny_run / "soft_labels").iterdir()).name]
+    onnx_dirs = [
+        d for d in (out / "soft_labels").iterdir() if d.name != next((tiny_run / "soft_labels").iterdir()).name
+    ]
     assert len(onnx_dirs) == 1  # new cache key: the teacher changed
     onnx_labels = read_soft_labels(onnx_dirs[0], n)
     assert torch.allclose(torch_labels, onnx_labels, atol=1e-3)
@@ -50,7 +58,7 @@ def test_onnx_teacher_with_wrong_class_count_is_refused(tiny_run, tmp_path):
     shutil.copytree(tiny_run, out)
     assert main(["teacher", str(out), "--set", f"teacher.onnx={p}"]) == 2
     with pytest.raises(EdgekdError, match="outputs 7 classes but the data has 4"):
-        from pipeline.stages import stage_teacher
+        from edgekd.pipeline.stages import stage_teacher
 
         cfg = RunDir(out).config()
         cfg.teacher.onnx = str(p)

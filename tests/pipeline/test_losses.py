@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import FeatureAdapter, FeatureHook, dkd_loss, kd_loss, soft_cross_entropy
+from edgekd.pipeline.losses import FeatureAdapter, FeatureHook, dkd_loss, kd_loss, soft_cross_entropy
 
 
 def _softmax(v):
@@ -40,7 +40,9 @@ def test_kd_loss_alpha_zero_is_cross_entropy_and_batch_mean():
 def test_soft_cross_entropy_with_one_hot_equals_hard():
     s = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 3, 1, 2, 2])
-    assert soft_cross_entropy(s, F.one_hot(y, 4).float()).item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+    assert soft_cross_entropy(s, F.one_hot(y, 4).float()).item() == pytest.approx(
+        F.cross_entropy(s, y).item(), rel=1e-6
+    )
 
 
 def test_dkd_matches_hand_computation():
@@ -67,7 +69,7 @@ def test_feature_hook_and_adapter():
     ad = FeatureAdapter(4, 6)
     loss = ad(torch.randn(2, 4, 8, 8), torch.randn(2, 6, 3, 3))
     assert loss.item() > 0
-    from pipeline.errors import EdgekdError
+    from edgekd.pipeline.errors import EdgekdError
 
     with pytest.raises(EdgekdError, match="did you mean"):
         FeatureHook(net, "01")

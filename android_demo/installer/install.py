@@ -1,0 +1,118 @@
+"""`edgekd android install`: put an exported TFLite student into the Android demo app.
+
+Steps (each checked, each file written atomically: temp file in the target folder + os.replace):
+  1. pick the artifact of the asked precision from RUN_DIR/exports/manifest.json; it must have
+     status "ok" and a passed parity check (bundle.py);
+  2. verify model.tflite against the manifest's and model.json's sha256, labels.txt against
+     model.json, and the model's tensors (LiteRT) against model.json (bundle.py);
+  3. copy model.tflite, labels.txt and model.json (last, so a half-finished install is refused by
+     the app's hash check instead of running a mismatched model) into app/src/main/assets/;
+  4. write golden vectors into core/src/test/resources/golden/: test images (the run's test split,
+     else synthetic), the input tensor Python computes for them, and the model's output and
+     top-k from LiteRT in Python; the Java core's JUnit test must reproduce them (golden.py);
+  5. with --build and an Android SDK here: ./gradlew :app:assembleDebug, then adb install -r.
+     Without an SDK it prints the commands to run on a machine that has one (gradle.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from edgekd.android.bundle import atomic_copy, check_bundle, select_artifact
+from edgekd.android.golden import write_golden
+from edgekd.android.gradle import build_and_install, build_instructions, sdk_available
+from edgekd.pipeline.errors import EdgekdError
+from edgekd.pipeline.rundir import sha256_file
+
+PRECISIONS = ("int8", "fp16", "fp32")
+ASSETS = Path("app/src/main/assets")
+GOLDEN = Path("core/src/test/resources/golden")
+DEFAULT_APP = "android_demo"
+
+
+class BuildUnavailable(EdgekdError):
+    """--build was asked where no Android SDK is found; `instructions` says what to run elsewhere."""
+
+    def __init__(self, msg: str, instructions: list[str]):
+        super().__init__(msg)
+        self.instructions = instructions
+
+
+def install(
+    run_dir: Path,
+    app: Path,
+    precision: str = "int8",
+    build: bool = False,
+    device: Optional[str] = None,
+    golden_count: int = 4,
+) -> dict:
+    """Copy the exported model into the app, write golden vectors, optionally build and install.
+
+    Returns what was done; raises EdgekdError (one line) on any problem, BuildUnavailable when
+    build=True but no Android SDK is found (after copying: the instructions say what to run)."""
+    run_dir, app = Path(run_dir), Path(app)
+    if precision not in PRECISIONS:
+        raise EdgekdError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    art = select_artifact(run_dir, precision)
+    if not (app.is_dir() and (app / "settings.gradle.kts").is_file() and (app / "app").is_dir()):
+        raise EdgekdError(f"Android app not found at {app} (expected settings.gradle.kts and app/): pass --app")
+    model_path = run_dir / art["path"]
+    meta = check_bundle(model_path, art.get("sha256"))
+
+    assets = app / ASSETS
+    model_name = meta.get("file", "model.tflite")
+    atomic_copy(model_path, assets / model_name, meta["sha256"])
+    for extra in ("labels.txt", "model.json"):  # model.json last: it names the hash the app expects
+        src = model_path.parent / extra
+        atomic_copy(src, assets / extra, sha256_file(src))
+
+    golden = write_golden(
+        assets / model_name, meta, app / GOLDEN, golden_count, run_dir, prefix=art.get("name", "golden")
+    )
+    result: dict[str, Any] = {
+        "artifact": art.get("name"),
+        "precision": precision,
+        "sha256": meta["sha256"],
+        "size_bytes": (assets / model_name).stat().st_size,
+        "assets": [str(assets / n) for n in (model_name, "labels.txt", "model.json")],
+        "golden": [str(p) for p in golden],
+        "built": False,
+        "installed": False,
+        "instructions": [],
+    }
+    if not build:
+        result["instructions"] = build_instructions(app, device)
+        return result
+    if not sdk_available():
+        raise BuildUnavailable(
+            "--build asked, but no Android SDK here (no ANDROID_HOME/ANDROID_SDK_ROOT, no adb on "
+            "PATH); the model was copied: run the commands above on a machine with the SDK",
+            build_instructions(app, device),
+        )
+    result.update(build_and_install(app, device), built=True, installed=True)
+    return result
+
+
+def default_app() -> Path:
+    """`android_demo` in the working directory, else the app this package lives in (a source checkout)."""
+    here = Path(DEFAULT_APP)
+    if here.is_dir():
+        return here
+    beside = Path(__file__).resolve().parent.parent  # android_demo/installer/install.py -> android_demo
+    return beside if (beside / "settings.gradle.kts").is_file() else here
+
+
+def print_result(result: dict, app: Path) -> None:
+    """What `edgekd android install` prints after install() returned."""
+    size = result["size_bytes"]
+    size_text = f"{size / 1e6:.2f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+    print(
+        f"installed {result['artifact']} ({result['precision']}, sha256 {result['sha256'][:12]}, {size_text}) "
+        f"into {Path(app) / ASSETS}"
+    )
+    print(f"golden vectors: {len(result['golden'])} in {Path(app) / GOLDEN}")
+    if result["installed"]:
+        print(f"built and installed {result['apk']}")
+    else:
+        print("\n".join(result["instructions"]))

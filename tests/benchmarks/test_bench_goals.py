@@ -1,0 +1,128 @@
+"""Goals and headline (benchmarks/goals.py) and the manifest's artifacts as subjects (benchmarks/subjects.py),
+both driven by the format table (edgekd.export.formats)."""
+
+import json
+
+from bench_fixtures import _entry, synthetic_report
+
+from edgekd.benchmarks import goals, subjects
+from edgekd.export.formats import FORMATS
+from edgekd.export.manifest import MANIFEST_SCHEMA, write_manifest
+from edgekd.pipeline.rundir import RunDir, sha256_file
+
+
+def test_headline_order_comes_from_the_format_table():
+    assert goals.HEADLINE_PRIORITY == [
+        ("tflite", "int8"),
+        ("tflite", "fp16"),
+        ("tflite", "fp32"),
+        ("onnx", "int8"),
+        ("onnx", "fp32"),
+        ("coreml", "int8"),
+        ("coreml", "fp16"),
+    ]
+    assert FORMATS["tflite-dynamic"].headline_rank is None  # dynamic-range int8 is never the headline
+    assert goals.label({"format": "tflite", "precision": "int8"}) == "TFLite int8"
+    assert goals.label({"format": "pytorch", "precision": "fp32"}) == "PyTorch fp32"
+
+
+def _bench(*arts):
+    rep = synthetic_report()
+    return list(arts), rep["teacher_bench"], rep["student_bench"], rep["bench_machine"]["profiles"], rep
+
+
+def test_headline_speaks_for_the_best_ranked_artifact_that_passed_parity():
+    onnx = _entry("onnx", "student", "onnx", "fp32", "onnxruntime", 6_000_000, 0.912, 1.0, 90.0)
+    fp16 = _entry("tflite-fp16", "student", "tflite", "fp16", "litert", 3_000_000, 0.91, 2.0, 80.0)
+    int8 = _entry(
+        "tflite-int8", "student", "tflite", "int8", "litert", 350_000, 0.90, 1.0, 82.0, parity_status="failed"
+    )
+    dyn = _entry("tflite-dynamic", "student", "tflite", "dynamic-int8", "litert", 400_000, 0.91, 1.0, 80.0)
+    arts, teacher, sref, profiles, rep = _bench(dyn, onnx, int8, fp16)
+    head = goals.headline(arts, teacher, sref, profiles, rep)
+    assert head.startswith("student fp16 TFLite: 91.0% vs teacher 93.0%"), head
+    assert head.endswith("vs teacher ONNX fp32 in onnxruntime)")
+    arts, teacher, sref, profiles, rep = _bench(dyn, onnx)
+    head = goals.headline(arts, teacher, sref, profiles, rep)
+    assert head.startswith("student fp32 ONNX:") and "12x faster" in head  # teacher-onnx 12 ms vs 1 ms
+    arts, teacher, sref, profiles, rep = _bench(dyn)
+    assert goals.headline(arts, teacher, sref, profiles, rep).startswith("student fp32 PyTorch:")
+
+
+def test_goals_on_one_runtime():
+    onnx = _entry("onnx", "student", "onnx", "fp32", "onnxruntime", 6_000_000, 0.912, 1.0, 90.0)
+    int8 = _entry("tflite-int8", "student", "tflite", "int8", "litert", 350_000, 0.90, 1.0, 82.0)
+    arts, teacher, sref, profiles, rep = _bench(onnx, int8)
+    peaks = rep["bench_machine"]["compute_peak"]
+    g = {x["name"]: x for x in goals.compute_goals(arts, teacher, sref, profiles, peaks)}
+    assert g["speedup_same_runtime"]["value"] == 12.0 and "onnxruntime" in g["speedup_same_runtime"]["detail"]
+    assert g["int8_size_ratio"]["value"] == round(16_000_000 / 350_000, 2)
+    assert g["int8_size_ratio"]["status"] == "met" and "TFLite int8" in g["int8_size_ratio"]["detail"]
+    teacher[1]["parity_status"] = "failed"  # the ONNX teacher computes something else: fall back to PyTorch
+    g = {x["name"]: x for x in goals.compute_goals(arts, teacher, sref, profiles, {})}
+    assert g["speedup_same_runtime"]["value"] == round(30.0 / 8.0, 2)
+    assert "PyTorch" in g["speedup_same_runtime"]["detail"]
+
+
+def test_artifact_subjects_take_runtime_from_the_table(tmp_path):
+    run = RunDir(tmp_path / "run")
+    files = {}
+    for name, fname in (
+        ("tflite-int8", "model.tflite"),
+        ("onnx", "model.onnx"),
+        ("odd", "model.bin"),
+        ("changed", "model.onnx"),
+        ("badmeta", "model.onnx"),
+    ):
+        p = run.path("exports", name, fname)
+        p.parent.mkdir(parents=True)
+        p.write_bytes(name.encode())
+        files[name] = p
+    (files["tflite-int8"].parent / "model.json").write_text(json.dumps({}))  # not an edgekd.model/1 file
+    (files["badmeta"].parent / "model.json").write_text("{")
+
+    def art(name, fmt, precision, **kw):
+        p = files[name]
+        return {
+            "name": name,
+            "format": fmt,
+            "precision": precision,
+            "path": str(p.relative_to(run.root)),
+            "sha256": sha256_file(p),
+            "size_bytes": 1,
+            "status": "ok",
+            "reason": None,
+            "parity": {"status": "passed"},
+            **kw,
+        }
+
+    arts = [
+        art("onnx", "onnx", "fp32"),
+        art("tflite-int8", "tflite", "int8"),
+        art("odd", "mystery", "fp32"),
+        art("changed", "onnx", "int8", sha256="0" * 64),
+        art("badmeta", "onnx", "fp32"),
+        {
+            "name": "coreml",
+            "format": "coreml",
+            "precision": "fp16",
+            "path": None,
+            "status": "skipped",
+            "reason": "needs coremltools",
+        },
+    ]
+    assert subjects.artifact_subjects(run) == []  # no manifest yet: nothing exported
+    write_manifest(run.root, {"schema": MANIFEST_SCHEMA, "artifacts": arts})
+    got = {e["name"]: e for e in subjects.artifact_subjects(run)}
+    assert got["onnx"]["runtime"] == FORMATS["onnx"].runtime == "onnxruntime"
+    assert got["onnx"]["spec"] == {"kind": "onnx", "path": str(files["onnx"]), "layout": None}
+    assert got["onnx"]["size_bytes"] == len(b"onnx") and got["onnx"]["parity_status"] == "passed"
+    assert got["tflite-int8"]["runtime"] == "litert" and got["tflite-int8"]["status"] == "failed"
+    assert "schema is None" in got["tflite-int8"]["reason"]  # model.json read through edgekd.export.manifest
+    assert got["odd"]["status"] == "skipped" and got["odd"]["reason"] == "unknown format 'mystery'"
+    assert got["odd"]["runtime"] == "mystery" and "spec" not in got["odd"]
+    assert got["changed"]["status"] == "failed" and "sha256 differs" in got["changed"]["reason"]
+    assert got["badmeta"]["status"] == "failed" and "not valid JSON" in got["badmeta"]["reason"]
+    assert got["coreml"]["status"] == "skipped" and got["coreml"]["runtime"] == "coreml"
+    assert got["coreml"]["reason"] == "needs coremltools"
+    assert list(got) == ["onnx", "tflite-int8", "odd", "changed", "badmeta", "coreml"]  # manifest order
