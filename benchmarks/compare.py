@@ -11,7 +11,7 @@ from typing import Optional
 from edgekd.benchmarks.report import MEASUREMENT_HEADERS, measurement_rows, pct, to_markdown
 from edgekd.pipeline.errors import EdgekdError
 from edgekd.pipeline.report import load_report
-from edgekd.pipeline.rundir import RunDir, atomic_write_bytes
+from edgekd.pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -155,7 +155,8 @@ def compare(run_a: str | Path, run_b: str | Path, out: Optional[Path] = None) ->
 def save_results(
     run: RunDir, name: str, command: str, comparison: Optional[str] = None, results_dir: Path = RESULTS_DIR
 ) -> Path:
-    """benchmarks/results/<name>.md: command, machine, date, headline, table, goals."""
+    """benchmarks/results/<name>.md (command, machine, date, headline, KD verdict, table, goals) and
+    <name>.json beside it: the run's report.json without its per-image arrays, plus the command."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", name):
         raise EdgekdError(f"--save-results name {name!r}: use letters, digits, '.', '_' or '-'")
     rep = load_report(run)
@@ -178,12 +179,23 @@ def save_results(
         blocks.append(("strong", rep["headline"]))
     t, s = rep.get("teacher") or {}, rep.get("student") or {}
     if t and s:
+        b = rep.get("baseline") or {}
         blocks.append(
             (
                 "p",
-                f"PyTorch test accuracy: teacher {t.get('arch')} {pct(t.get('accuracy'))}, student "
-                f"{s.get('arch')} {pct(s.get('accuracy'))}, baseline "
-                f"{pct((rep.get('baseline') or {}).get('accuracy'))}.",
+                f"PyTorch test accuracy: teacher {t.get('arch')} {pct(t.get('accuracy'))} (macro-F1 "
+                f"{_f1(t)}), student {s.get('arch')} {pct(s.get('accuracy'))} (macro-F1 {_f1(s)}), baseline "
+                f"{pct(b.get('accuracy'))} (macro-F1 {_f1(b)}).",
+            )
+        )
+    v = rep.get("kd_verdict")
+    if v:
+        lo, hi = v["kd_gain_ci95"]
+        blocks.append(
+            (
+                "p",
+                f"KD verdict over {v['seeds']} seed(s): gain {v['kd_gain_mean']:+.2f} ± {v['kd_gain_std']:.2f} points, "
+                f"95% interval [{lo:+.2f}, {hi:+.2f}], McNemar p = {v['mcnemar_p']:.3g}: {v['conclusion']}.",
             )
         )
     entries = (rep.get("teacher_bench") or []) + (rep.get("student_bench") or []) + (rep.get("artifacts") or [])
@@ -215,4 +227,22 @@ def save_results(
         text += "\n" + comparison.replace("# edgekd:", "## Comparison:", 1)
     path = results_dir / f"{name}.md"
     atomic_write_bytes(path, text.encode())
+    atomic_write_json(results_dir / f"{name}.json", {"command": command, **results_json(rep)})
     return path
+
+
+# per-image or per-pair arrays: large, and reproducible from the run directory
+_BULKY = ("confusion_matrix", "per_seed_logits")
+
+
+def results_json(rep: dict) -> dict:
+    """report.json for committing: everything but bulky per-model arrays."""
+
+    def slim(m):
+        return {k: v for k, v in m.items() if k not in _BULKY} if isinstance(m, dict) else m
+
+    return {k: slim(v) if k in ("teacher", "student", "baseline") else v for k, v in rep.items()}
+
+
+def _f1(m: dict) -> str:
+    return "–" if m.get("macro_f1") is None else f"{m['macro_f1']:.2f}"

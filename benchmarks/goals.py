@@ -3,7 +3,9 @@
 Goals: the student/teacher speed-up on one runtime (>= 10x), the smallest int8 artifact against the
 fp32 teacher (>= 40x smaller), and the fp32 student's median latency against its compute bound
 (<= 2x). The headline speaks for the measured artifact of lowest `headline_rank` in the format table
-(edgekd.export.formats) that did not fail parity, else the PyTorch student.
+(edgekd.export.formats) that did not fail parity, else the PyTorch student, with macro-F1 beside accuracy;
+when the KD verdict says distillation hurt, or the evaluate stage's advice has a finding, the headline
+starts with it in words ("KD did not help: ...").
 """
 
 from __future__ import annotations
@@ -142,7 +144,64 @@ def compute_goals(
     return goals
 
 
+def kd_warning(rep: dict) -> Optional[str]:
+    """'KD did not help: ...' when report.json's kd_verdict says KD hurt or `advice` has a finding; else None."""
+    v = rep.get("kd_verdict") or {}
+    advice = [a for a in rep.get("advice") or [] if a]
+    if v.get("conclusion") != "KD hurt" and not advice:
+        return None
+    parts = []
+    if v.get("conclusion") == "KD hurt":
+        lo, hi = v["kd_gain_ci95"]
+        seeds = f", {v['seeds']} seeds" if v.get("seeds", 1) > 1 else ""
+        parts.append(
+            f"the KD student trails the hard-label baseline by {-v['kd_gain_mean']:.1f} pts "
+            f"(95% CI [{lo:+.1f}, {hi:+.1f}]{seeds}, McNemar p={v['mcnemar_p']:.2g}); ship the baseline or retune KD"
+        )
+    parts += advice
+    lead = "KD helped, but" if v.get("conclusion") == "KD helped" else "KD did not help:"
+    return f"{lead} " + "; ".join(parts) + "."
+
+
+def _macro_f1(rep: dict) -> Optional[str]:
+    """'macro-F1 0.80 vs 0.85 (PyTorch)': the shipped student (seed 0) and the teacher on the test split."""
+    s, t = rep.get("student") or {}, rep.get("teacher") or {}
+    seed0 = (s.get("per_seed") or [{}])[0]
+    sf = seed0.get("macro_f1", s.get("macro_f1"))
+    if sf is None or t.get("macro_f1") is None:
+        return None
+    return f"macro-F1 {sf:.2f} vs {t['macro_f1']:.2f} (PyTorch),"
+
+
 def headline(
+    artifacts: list[dict], teacher: list[dict], student_ref: list[dict], profiles: list[dict], rep: dict
+) -> Optional[str]:
+    """The bench's one sentence (report.json `headline`), led by the KD warning when there is one."""
+    text = measured_headline(artifacts, teacher, student_ref, profiles, rep)
+    warn = kd_warning(rep)
+    if text and warn:
+        return f"{warn} {text}"
+    return text or warn
+
+
+def current_headline(rep: dict) -> Optional[str]:
+    """The headline from what report.json holds now (the verdict may be newer than the measurements)."""
+    if rep.get("artifacts") is not None and rep.get("bench_machine"):
+        text = headline(
+            rep.get("artifacts") or [],
+            rep.get("teacher_bench") or [],
+            rep.get("student_bench") or [],
+            rep["bench_machine"].get("profiles") or [],
+            rep,
+        )
+        if text:
+            return text
+    if rep.get("headline"):
+        return rep["headline"]
+    return kd_warning(rep)
+
+
+def measured_headline(
     artifacts: list[dict], teacher: list[dict], student_ref: list[dict], profiles: list[dict], rep: dict
 ) -> Optional[str]:
     prof = profiles[0]["profile"] if profiles else None
@@ -180,6 +239,9 @@ def headline(
     ]
     if sa is not None and ta is not None:
         parts.append(f"{sa * 100:.1f}% vs teacher {ta * 100:.1f}% ({(sa - ta) * 100:+.1f} pts),".replace("-", "\u2212"))
+    f1 = _macro_f1(rep)
+    if f1:
+        parts.append(f1)
     speed = t["latency_ms"]["p50"] / cand["latency_ms"]["p50"]
     parts.append(f"{speed:.1f}x faster," if speed < 10 else f"{speed:.0f}x faster,")
     tsize = next(

@@ -149,21 +149,45 @@ def _histories(run: RunDir) -> dict[str, list[dict]]:
     return out
 
 
+def acc_f1(r: dict) -> str:
+    """'72.1% ± 0.8, macro-F1 0.44': accuracy (mean ± std over seeds when there are several) and macro-F1."""
+    out = pct(r.get("accuracy"))
+    if (r.get("seeds") or 1) > 1 and r.get("accuracy_std") is not None:
+        out += f" ± {r['accuracy_std'] * 100:.1f}"
+    if r.get("macro_f1") is not None:
+        out += f", macro-F1 {r['macro_f1']:.2f}"
+    return out
+
+
+def verdict_sentence(v: dict) -> str:
+    """'KD +1.2 pts (95% CI [-0.8, +3.1], 3 seeds, McNemar p=0.41): no significant difference'."""
+    lo, hi = v["kd_gain_ci95"]
+    seeds = f", {v['seeds']} seeds" if v.get("seeds", 1) > 1 else ""
+    return (
+        f"KD {v['kd_gain_mean']:+.1f} pts (95% CI [{lo:+.1f}, {hi:+.1f}]{seeds}, McNemar p={v['mcnemar_p']:.2g}): "
+        f"{v['conclusion']}"
+    )
+
+
 def summary_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
     """Title, headline, and the distillation result in one sentence."""
+    from edgekd.benchmarks.goals import current_headline
+
     cfg = rep.get("config") or {}
     blocks: list[Block] = [("h1", f"edgekd run: {cfg.get('name', run.root.name)} ({cfg.get('preset', '?')} preset)")]
     t, s, b = rep.get("teacher"), rep.get("student"), rep.get("baseline")
-    if rep.get("headline"):
-        blocks.append(("strong", rep["headline"]))
+    head = current_headline(rep)
+    if head:
+        blocks.append(("strong", head))
     if t and s:
         drop = (s["accuracy"] - t["accuracy"]) * 100
         line = (
-            f"Distilled student {s.get('arch')}: {pct(s['accuracy'])} vs teacher {t.get('arch')} "
-            f"{pct(t['accuracy'])} ({drop:+.1f} pts)"
+            f"Distilled student {s.get('arch')}: {acc_f1(s)} ({drop:+.1f} pts vs teacher {t.get('arch')}: {acc_f1(t)})"
         )
         if b:
-            line += f"; hard-label baseline {pct(b['accuracy'])} (KD {rep.get('kd_gain_points', 0):+.1f} pts)"
+            v = rep.get("kd_verdict")
+            kd = verdict_sentence(v) if v else f"KD {rep.get('kd_gain_points', 0):+.1f} pts"
+            line += f"; hard-label baseline: {acc_f1(b)}. {kd}"
         blocks.append(("p", line + "."))
     if not rep:
         blocks.append(("p", "report.json is empty: run `edgekd run` (at least up to the evaluate stage) first."))
@@ -179,21 +203,62 @@ def models_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Bl
     for name, r in (("teacher", t), ("student (KD)", s), ("baseline (hard labels)", b)):
         if not r:
             continue
+        several = (r.get("seeds") or 1) > 1
         rows.append(
             [
                 name,
                 str(r.get("arch")),
                 f"{r['params'] / 1e6:.2f} M" if r.get("params") else "—",
-                pct(r.get("accuracy")),
-                num(r.get("macro_f1"), 3),
+                pct(r.get("accuracy")) + (f" ± {r['accuracy_std'] * 100:.1f}" if several else ""),
+                num(r.get("macro_f1"), 3) + (f" ± {r['macro_f1_std']:.3f}" if several else ""),
                 num(r.get("ece"), 3),
                 pct(r.get("agreement_teacher")),
             ]
         )
-    return [
+    blocks: list[Block] = [
         ("h2", "Models (PyTorch, test split)"),
         ("table", ["model", "arch", "params", "accuracy", "macro-F1", "ECE", "agreement with teacher"], rows),
     ]
+    seeds = max((r or {}).get("seeds") or 1 for r in (s, b))
+    if seeds > 1:
+        blocks.append(
+            (
+                "p",
+                f"Student and baseline: mean ± std over {seeds} seeds; ECE, agreement, per-class recall and the "
+                "confusion matrix are seed 0's (the shipped model).",
+            )
+        )
+    return blocks
+
+
+def verdict_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    """Did distillation help: the KD verdict over seeds (evaluate stage) and the advice."""
+    v, advice = rep.get("kd_verdict"), rep.get("advice") or []
+    if not v and not advice:
+        return []
+    blocks: list[Block] = [("h2", "Did distillation help?")]
+    if v:
+        lo, hi = v["kd_gain_ci95"]
+        n = v.get("seeds", 1)
+        blocks.append(
+            (
+                "p",
+                f"{v['conclusion']}: KD gain (student − baseline accuracy) {v['kd_gain_mean']:+.2f} pts"
+                + (f" ± {v['kd_gain_std']:.2f} (std over {n} seeds)" if n > 1 else " (1 seed)")
+                + f", 95% CI [{lo:+.2f}, {hi:+.2f}] (paired bootstrap over the {v.get('test_images', '?')} test "
+                f"images), McNemar p={v['mcnemar_p']:.3g} (seed 0, exact, two-sided).",
+            )
+        )
+        sa, ba = v.get("student_accuracy") or [], v.get("baseline_accuracy") or []
+        ps = v.get("mcnemar_p_per_seed") or []
+        if n > 1 and len(sa) == len(ba) == len(ps) == n:
+            rows = [[str(i), pct(sa[i]), pct(ba[i]), f"{(sa[i] - ba[i]) * 100:+.1f}", f"{ps[i]:.3g}"] for i in range(n)]
+            blocks.append(("table", ["seed", "student (KD)", "baseline", "KD gain pts", "McNemar p"], rows))
+        if n == 1:
+            blocks.append(("p", "One seed: the interval covers the test sample only; `--seeds 3` adds trainings."))
+    if advice:
+        blocks += [("h3", "Advice"), ("list", advice)]
+    return blocks
 
 
 def benchmark_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
@@ -452,12 +517,13 @@ def stage_times_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> li
 SECTIONS = (
     summary_section,
     models_section,
+    verdict_section,
+    per_class_recall_section,
     benchmark_section,
     int8_methods_section,
     goals_section,
     plots_section,
     gates_section,
-    per_class_recall_section,
     data_section,
     machine_section,
     stage_times_section,

@@ -44,9 +44,17 @@ def _set_arg(p: argparse.ArgumentParser, example: str = "--set train.epochs=5 --
     )
 
 
-def _common_config_args(p: argparse.ArgumentParser) -> None:
+def _common_config_args(p: argparse.ArgumentParser, seeds: bool = True) -> None:
     _set_arg(p)
     p.add_argument("--resume", action="store_true", help="continue interrupted training from its last epoch checkpoint")
+    if seeds:
+        p.add_argument(
+            "--seeds",
+            type=int,
+            metavar="N",
+            help="train (and evaluate) student and baseline for N seeds and report the KD verdict over them: "
+            "mean +- std, a paired bootstrap 95%% interval of the KD gain, McNemar's test (sets train.seeds)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=helptext, description=f"{helptext} in an existing run directory.", epilog=EPILOG)
         p.add_argument("run_dir", help="run directory created by `edgekd run`")
-        _common_config_args(p)
+        _common_config_args(p, seeds=name != "teacher")
         p.set_defaults(func=cmd_stage, stage=name)
 
     _add_export(sub)
@@ -196,6 +204,13 @@ def _run_dir(path: str):
     return run
 
 
+def _seed_override(args, overrides: dict) -> dict:
+    """--seeds N is train.seeds=N (validated with the rest of the config)."""
+    if getattr(args, "seeds", None) is not None:
+        overrides.setdefault("train", {})["seeds"] = args.seeds
+    return overrides
+
+
 def _run_config(run, overrides: dict):
     """The run's saved config with --set overrides applied (validated)."""
     from edgekd.pipeline.config import with_overrides
@@ -208,7 +223,7 @@ def cmd_run(args) -> int:
     from edgekd.pipeline.rundir import RunDir
     from edgekd.stage_table import run_stages
 
-    overrides = parse_set(args.overrides)
+    overrides = _seed_override(args, parse_set(args.overrides))
     if args.data:
         overrides.setdefault("data", {})["source"] = args.data
     if args.skip_bad_images:
@@ -242,7 +257,7 @@ def cmd_stage(args) -> int:
     from edgekd.stage_table import STAGE_GROUPS, run_stages
 
     run = RunDir(args.run_dir)
-    cfg = _run_config(run, parse_set(args.overrides))
+    cfg = _run_config(run, _seed_override(args, parse_set(args.overrides)))
     run.save_config(cfg)
     run_stages(cfg, run, STAGE_GROUPS[args.stage], args.resume)
     return 0

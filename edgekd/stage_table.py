@@ -53,7 +53,7 @@ def _soft_labels(c: StageContext) -> None:
 
 def _student(kind: str) -> Callable[[StageContext], None]:
     def fn(c: StageContext) -> None:
-        st.stage_student(c.cfg, c.run, load_split(c.run), kind, resume=c.resume)
+        st.stage_students(c.cfg, c.run, load_split(c.run), kind, resume=c.resume)  # train.seeds trainings
 
     return fn
 
@@ -83,18 +83,18 @@ STAGES: tuple[Stage, ...] = (
         "student",
         _student("student"),
         ("data/split.json", "teacher/meta.json", "soft_labels/<fp>/shard-*"),
-        ("student/model.safetensors", "student/meta.json", "student/history.json"),
+        ("student/model.safetensors", "student/meta.json", "student/history.json", "seeds/<i>/student/"),
     ),
     Stage(
         "baseline",
         _student("baseline"),
         ("data/split.json",),
-        ("baseline/model.safetensors", "baseline/meta.json", "baseline/history.json"),
+        ("baseline/model.safetensors", "baseline/meta.json", "baseline/history.json", "seeds/<i>/baseline/"),
     ),
     Stage(
         "evaluate",
         _evaluate,
-        ("data/split.json", "teacher/", "student/", "baseline/"),
+        ("data/split.json", "teacher/", "student/", "baseline/", "seeds/"),
         ("eval/metrics.json", "eval/logits.npz", "report.json"),
         main_only=True,
     ),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -56,6 +56,11 @@ class TeacherConfig(_Section):
     epochs: int = Field(8, ge=0, description="epochs fine-tuning the whole network after the head")
     lr: float = Field(1e-3, gt=0)
     freeze_blocks: int = Field(0, ge=0, description="leading feature blocks kept frozen while fine-tuning")
+    min_steps: int = Field(
+        0,
+        ge=0,
+        description="fewest optimizer steps (head + whole net): small data sets get more epochs, not fewer steps",
+    )
 
 
 class StudentConfig(_Section):
@@ -73,8 +78,15 @@ class FeatureKDConfig(_Section):
 
 
 class KDConfig(_Section):
-    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term")
-    temperature: float = Field(4.0, gt=0)
+    alpha: Union[float, Literal["auto"]] = Field(
+        0.9, description="weight of the soft (teacher) term, 0..1; auto: chosen on the validation split"
+    )
+    temperature: Union[float, Literal["auto"]] = Field(4.0, description="softmax temperature; auto: chosen on val")
+    auto_candidates: list[tuple[float, float]] = Field(
+        default_factory=lambda: [(0.9, 4.0), (0.5, 2.0), (0.1, 1.0)],
+        description="(alpha, temperature) pairs tried by kd.alpha/temperature=auto, each with a short run",
+    )
+    auto_fraction: float = Field(0.5, gt=0, le=1, description="length of each auto candidate's run, share of train")
     loss: Literal["kd", "dkd"] = "kd"
     dkd_alpha: float = Field(1.0, ge=0)
     dkd_beta: float = Field(8.0, ge=0)
@@ -84,6 +96,20 @@ class KDConfig(_Section):
     cache_dir: Optional[str] = Field(None, description="shared soft-label cache (default: inside the run)")
     feature: FeatureKDConfig = FeatureKDConfig()
 
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_range(cls, v):
+        if v != "auto" and not 0.0 <= float(v) <= 1.0:
+            raise ValueError("kd.alpha must be between 0 and 1, or auto")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_positive(cls, v):
+        if v != "auto" and not float(v) > 0:
+            raise ValueError("kd.temperature must be > 0, or auto")
+        return v
+
     @model_validator(mode="after")
     def _feature_needs_online(self) -> KDConfig:
         if self.feature.enabled and self.mode != "online":
@@ -92,7 +118,16 @@ class KDConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1, description="epochs, or more when min_steps needs them (small data sets)")
+    min_steps: int = Field(0, ge=0, description="fewest optimizer steps for student and baseline")
+    patience_steps: Optional[int] = Field(
+        None, ge=1, description="early stop once validation accuracy has not improved for this many steps"
+    )
+    max_minutes: Optional[float] = Field(None, gt=0, description="time budget per training; stops early, says so")
+    seeds: int = Field(1, ge=1, le=20, description="student + baseline trained for seeds seed..seed+N-1 (verdict)")
+    logit_adjust: float = Field(
+        0.0, ge=0, description="tau of logit-adjusted CE (Menon et al. 2021) on the hard-label term; 0 off"
+    )
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.02, ge=0)
@@ -110,6 +145,12 @@ class TrainConfig(_Section):
 
 class GateConfig(_Section):
     max_accuracy_drop: float = Field(3.0, description="points the student may trail the teacher")
+    min_kd_gain: Optional[float] = Field(
+        None, description="points the KD gain's 95% interval lower bound must reach (needs train.seeds >= 2)"
+    )
+    min_margin_over_majority: Optional[float] = Field(
+        2.0, ge=0, description="points the student must beat max(chance, majority-class share) by; null: no gate"
+    )
 
 
 class ExportConfig(_Section):
@@ -189,8 +230,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The whole run on ELPV in a few minutes on 2 CPU cores: low resolution, few epochs.
     "quick": {
         "data": {"image_size": 96},
-        "teacher": {"arch": "efficientnet_lite0", "head_epochs": 1, "epochs": 1, "lr": 1e-3, "freeze_blocks": 4},
-        "train": {"epochs": 6, "batch_size": 64, "lr": 4e-3},
+        # min_steps: a small data set gets about as many optimizer steps as ELPV's epochs give, not 12
+        "teacher": {
+            "arch": "efficientnet_lite0",
+            "head_epochs": 1,
+            "epochs": 1,
+            "lr": 1e-3,
+            "freeze_blocks": 4,
+            "min_steps": 100,
+        },
+        "train": {"epochs": 6, "batch_size": 64, "lr": 4e-3, "min_steps": 160},
+        # alpha/T chosen on the validation split (the classic 0.9 / 4 first): a weak teacher must not sink the student
+        "kd": {"alpha": "auto", "temperature": "auto"},
         # QAT, when int8 needs it, is sized to about 20 s here
         "export": {
             "formats": ["onnx", "onnx-int8", "tflite", "tflite-int8"],
@@ -205,8 +256,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 160 px keeps a full run near 45 minutes on 2 CPU cores; pass data.image_size=224 (or more)
         # where a GPU is available.
         "data": {"image_size": 160},
-        "teacher": {"arch": "efficientnet_lite2", "head_epochs": 1, "epochs": 6, "lr": 6e-4, "freeze_blocks": 4},
-        "train": {"epochs": 30},
+        # min_steps just below what ELPV's epochs give (189 and 810 steps): only smaller data sets get more epochs
+        "teacher": {
+            "arch": "efficientnet_lite2",
+            "head_epochs": 1,
+            "epochs": 6,
+            "lr": 6e-4,
+            "freeze_blocks": 4,
+            "min_steps": 180,
+        },
+        "train": {"epochs": 30, "min_steps": 800},
     },
 }
 

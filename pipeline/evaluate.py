@@ -60,3 +60,57 @@ def accuracy_gap_gate(teacher_acc: float, student_acc: float, max_drop_points: f
         "passed": bool(drop <= max_drop_points),
         "message": f"student trails teacher by {drop:.2f} points (limit {max_drop_points:g})",
     }
+
+
+def majority_share(labels: np.ndarray, num_classes: int) -> float:
+    """The accuracy of always answering the commonest class (>= chance, 1/k, on balanced data)."""
+    if not len(labels):
+        return 0.0
+    return float(np.bincount(labels, minlength=num_classes).max() / len(labels))
+
+
+def collapse_gate(name: str, metrics: dict, labels: np.ndarray, num_classes: int, margin_points: float) -> dict:
+    """Fails when a model is no better than answering the commonest class (or chance): it learned nothing
+    a user could ship, even if its accuracy looks respectable on imbalanced data."""
+    floor = max(1.0 / num_classes, majority_share(labels, num_classes))
+    acc = float(metrics["accuracy"])
+    margin = (acc - floor) * 100
+    passed = margin >= margin_points
+    predicted = int(np.count_nonzero(np.asarray(metrics["confusion_matrix"]).sum(0)))
+    msg = (
+        f"{name} accuracy {acc:.1%} is {margin:+.1f} points from the majority-class share / chance {floor:.1%} "
+        f"(needs +{margin_points:g}); macro-F1 {metrics['macro_f1']:.2f}"
+    )
+    if not passed:
+        msg += "; it has collapsed to the commonest classes: train longer (train.min_steps), check the data"
+    return {
+        "name": f"{name}_above_majority",
+        "limit_points": margin_points,
+        "value_points": round(margin, 2),
+        "floor": round(floor, 4),
+        "classes_predicted": predicted,
+        "passed": bool(passed),
+        "message": msg,
+    }
+
+
+def kd_advice(
+    teacher: dict, student: dict, baseline: dict, student_val: float | None = None, baseline_val: float | None = None
+) -> list[str]:
+    """Plain-language findings about whether distillation could help and did, for the report and headline."""
+    out = []
+    t, s, b = (float(m["accuracy"]) for m in (teacher, student, baseline))
+    if t <= b + 0.005:
+        out.append(
+            f"the teacher ({t:.1%}) is no better than the student trained on hard labels ({b:.1%}): this teacher "
+            "cannot help. Use a stronger teacher, more teacher epochs (teacher.epochs / teacher.min_steps), or the "
+            "teacher's own input size (data.image_size)"
+        )
+    if student_val is not None and baseline_val is not None and student_val < baseline_val:
+        out.append(
+            f"on the validation split the KD student ({student_val:.1%}) is below the hard-label baseline "
+            f"({baseline_val:.1%}): do not ship it without the verdict over several seeds (--seeds 3)"
+        )
+    elif s < b:
+        out.append(f"on the test split the KD student ({s:.1%}) is below the hard-label baseline ({b:.1%})")
+    return out

@@ -23,14 +23,19 @@ def kd_loss(
     alpha: float = 0.9,
     temperature: float = 4.0,
     label_smoothing: float = 0.0,
+    ce_offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * CE(y, s), batch-mean.
+    """alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * CE(y, s + ce_offset), batch-mean.
 
     `teacher_probs` is softmax(teacher_logits / T) (probabilities so mixup can mix them);
-    T^2 keeps the soft term's gradient scale independent of T (Hinton et al. 2015)."""
+    T^2 keeps the soft term's gradient scale independent of T (Hinton et al. 2015). `ce_offset`
+    (tau * log prior) makes the hard-label term logit-adjusted (Menon et al. 2021); the soft term
+    matches the teacher as it is."""
     log_ps = F.log_softmax(student_logits / temperature, dim=1)
     kl = F.kl_div(log_ps, teacher_probs, reduction="batchmean")
-    ce = soft_cross_entropy(student_logits, target, label_smoothing)
+    ce = soft_cross_entropy(
+        student_logits if ce_offset is None else student_logits + ce_offset, target, label_smoothing
+    )
     return alpha * temperature**2 * kl + (1 - alpha) * ce
 
 

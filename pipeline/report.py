@@ -36,6 +36,8 @@ def write_core_report(cfg, run: RunDir) -> dict:
         student=m["student"],
         baseline=m["baseline"],
         kd_gain_points=m["kd_gain_points"],
+        kd_verdict=m.get("kd_verdict"),
+        advice=m.get("advice", []),
         gates=m["gates"],
         data=data,
         config=cfg.model_dump(mode="json"),

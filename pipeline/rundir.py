@@ -7,7 +7,9 @@ Layout (every file written atomically: temp file in the same folder + os.replace
     data/report.json           data validation report (skips, counts, imbalance, leakage)
     teacher/model.safetensors  teacher weights for these classes (+ teacher/meta.json)
     soft_labels/<fp>/shard-*.safetensors   teacher logits over the training set
-    student/, baseline/        checkpoint.pt (resume state), model.safetensors, history.json
+    student/, baseline/        checkpoint.pt (resume state), model.safetensors, history.json (seed 0)
+    student/auto/<candidate>/  kd.alpha/temperature=auto: one short run per candidate, result.json
+    seeds/<i>/student|baseline the same for train.seeds > 1
     eval/metrics.json          test-split metrics of teacher, student, baseline
     exports/manifest.json      export artifacts (see export/)
     report.json, report.md     what a program and a person read

@@ -17,7 +17,7 @@ from edgekd.pipeline import distributed as dist_
 from edgekd.pipeline.config import Config
 from edgekd.pipeline.data import DataSplit, decode_resized, load_split, prepare_data, train_cache
 from edgekd.pipeline.errors import EdgekdError, GateFailed
-from edgekd.pipeline.evaluate import accuracy_gap_gate, classification_metrics
+from edgekd.pipeline.evaluate import accuracy_gap_gate, classification_metrics, collapse_gate, kd_advice
 from edgekd.pipeline.models import (
     OnnxTeacher,
     build_student,
@@ -32,6 +32,7 @@ from edgekd.pipeline.progress import log
 from edgekd.pipeline.report import write_core_report
 from edgekd.pipeline.rundir import RunDir, atomic_path, atomic_write_json, fingerprint, read_json, sha256_file
 from edgekd.pipeline.train import TrainData, TrainSpec, predict_logits, train_model
+from edgekd.pipeline.verdict import kd_verdict
 
 STUDENT_KINDS = ("student", "baseline")
 
@@ -96,6 +97,10 @@ def _spec_common(cfg: Config, teacher: bool = False) -> dict:
         balance=cfg.data.balance,
         channels_last=t.channels_last,
         amp=t.amp,
+        min_steps=cfg.teacher.min_steps if teacher else t.min_steps,
+        patience_steps=None if teacher else t.patience_steps,
+        max_minutes=t.max_minutes,
+        logit_adjust=0.0 if teacher else t.logit_adjust,
     )
 
 
@@ -335,7 +340,8 @@ def stage_soft_labels(cfg: Config, run: RunDir, data: DataSplit) -> Optional[Pat
 
 def _student_fp(cfg: Config, data: DataSplit, run: RunDir, kind: str) -> str:
     # threads/device/workers change speed, not results: they are not part of a stage's identity
-    train = cfg.train.model_dump(mode="json", exclude={"threads", "device", "num_workers"})
+    # seeds: how many are trained, not what one of them is (adding seeds reuses the trained ones)
+    train = cfg.train.model_dump(mode="json", exclude={"threads", "device", "num_workers", "seeds"})
     parts = [
         "student",
         kind,
@@ -351,12 +357,115 @@ def _student_fp(cfg: Config, data: DataSplit, run: RunDir, kind: str) -> str:
     return fingerprint(*parts)
 
 
-def stage_student(cfg: Config, run: RunDir, data: DataSplit, kind: str, resume: bool = False) -> dict:
-    """kind='student': distilled from the teacher; kind='baseline': the same student on hard labels only."""
+def _kd_candidates(kd) -> list[tuple[float, float]]:
+    """kd.auto_candidates with a fixed alpha or temperature substituted (duplicates dropped, order kept)."""
+    out: list[tuple[float, float]] = []
+    for a, t in kd.auto_candidates:
+        pair = (
+            float(a) if kd.alpha == "auto" else float(kd.alpha),
+            float(t) if kd.temperature == "auto" else float(kd.temperature),
+        )
+        if pair not in out:
+            out.append(pair)
+    return out
+
+
+def choose_kd(cfg: Config, out: Path, fp: str, k: int, tdata: TrainData, device, teacher, resume: bool):
+    """(alpha, temperature, record). Fixed values pass through; `auto` trains the student briefly
+    (kd.auto_fraction of the schedule, same initial weights) with each candidate and keeps the best on the
+    validation split (ties: the earlier candidate, the classic 0.9 / 4 first). Results are cached per
+    candidate, so a rerun or resume does not train them again."""
+    kd = cfg.kd
+    if kd.alpha != "auto" and kd.temperature != "auto":
+        return float(kd.alpha), float(kd.temperature), {"alpha": float(kd.alpha), "temperature": float(kd.temperature)}
+    cands = _kd_candidates(kd)
+    if tdata.val_x is None or not len(tdata.val_x) or len(cands) == 1:
+        a, t = cands[0]
+        log(f"student: kd auto has no validation split to choose on; using alpha {a:g}, T {t:g}")
+        return a, t, {"alpha": a, "temperature": t, "auto": {"candidates": [], "reason": "no validation split"}}
+    tc, s = cfg.train, cfg.student
+    frac = kd.auto_fraction
+    tried = []
+    for a, t in cands:
+        cfp = fingerprint(fp, "kd-auto", a, t, frac)
+        cdir = out / "auto" / f"alpha{a:g}_T{t:g}"
+        done = cdir / "result.json"
+        if done.exists() and read_json(done).get("fingerprint") == cfp:
+            rec = read_json(done)
+        else:
+            torch.manual_seed(tc.seed)  # same initial weights as the final student
+            model = build_student(s.arch, k, s.width_mult, s.dropout, s.weights)
+            spec = TrainSpec(
+                name=f"kd-auto a{a:g} T{t:g}",
+                out_dir=cdir,
+                epochs=max(1, round(tc.epochs * frac)),
+                lr=tc.lr,
+                fingerprint=cfp,
+                kd_loss=kd.loss,
+                alpha=a,
+                temperature=t,
+                dkd_alpha=kd.dkd_alpha,
+                dkd_beta=kd.dkd_beta,
+                **{**_spec_common(cfg), "min_steps": round(tc.min_steps * frac), "patience_steps": None},
+            )
+            res = train_model(model, spec, tdata, device, resume=resume, teacher=teacher, num_workers=tc.num_workers)
+            rec = {
+                "fingerprint": cfp,
+                "alpha": a,
+                "temperature": t,
+                "val_accuracy": res.best_val_accuracy,
+                "steps": res.steps,
+                "seconds": round(res.seconds, 1),
+            }
+            if dist_.is_main():
+                atomic_write_json(done, rec)
+        tried.append({key: rec[key] for key in ("alpha", "temperature", "val_accuracy", "steps")})
+    best = max(tried, key=lambda r: r["val_accuracy"])  # max keeps the first of equals
+    log(
+        "student: kd auto: "
+        + ", ".join(f"a{r['alpha']:g}/T{r['temperature']:g} {r['val_accuracy']:.3f}" for r in tried)
+        + f" -> alpha {best['alpha']:g}, T {best['temperature']:g}"
+    )
+    return (
+        best["alpha"],
+        best["temperature"],
+        {"alpha": best["alpha"], "temperature": best["temperature"], "auto": {"candidates": tried, "fraction": frac}},
+    )
+
+
+def student_seed_dir(run: RunDir, kind: str, seed_index: int = 0) -> Path:
+    """Seed 0 is the shipped model (RUN_DIR/student, RUN_DIR/baseline); seed i > 0 lives in RUN_DIR/seeds/<i>/."""
+    return run.student_dir(kind) if seed_index == 0 else run.path("seeds", str(seed_index), kind)
+
+
+def student_stage_name(kind: str, seed_index: int = 0) -> str:
+    """The stages.json entry of one (kind, seed): 'student', 'baseline', 'seeds/1/student', ..."""
+    return kind if seed_index == 0 else f"seeds/{seed_index}/{kind}"
+
+
+def seed_config(cfg: Config, seed_index: int) -> Config:
+    """The config seed `seed_index` trains with: train.seed + seed_index."""
+    if not seed_index:
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": cfg.train.seed + seed_index})})
+
+
+def stage_students(cfg: Config, run: RunDir, data: DataSplit, kind: str, resume: bool = False) -> list[dict]:
+    """train.seeds trainings of `kind` (seed 0 first: the shipped model), each skipped when up to date."""
+    return [stage_student(cfg, run, data, kind, resume, seed_index=i) for i in range(cfg.train.seeds)]
+
+
+def stage_student(
+    cfg: Config, run: RunDir, data: DataSplit, kind: str, resume: bool = False, seed_index: int = 0
+) -> dict:
+    """kind='student': distilled from the teacher; kind='baseline': the same student on hard labels only.
+    seed_index i > 0 trains with train.seed + i into RUN_DIR/seeds/<i>/ (same teacher, soft labels, kd choice)."""
+    base_cfg, cfg = cfg, seed_config(cfg, seed_index)
     fp = _student_fp(cfg, data, run, kind)
-    out = run.student_dir(kind)
-    if run.stage_done(kind, fp) and (out / "model.safetensors").exists():
-        log(f"{kind}: up to date, skipped")
+    out = student_seed_dir(run, kind, seed_index)
+    name = student_stage_name(kind, seed_index)
+    if run.stage_done(name, fp) and (out / "model.safetensors").exists():
+        log(f"{name}: up to date, skipped")
         return read_json(out / "meta.json")
     t0 = time.time()
     k = len(data.classes)
@@ -376,15 +485,23 @@ def stage_student(cfg: Config, run: RunDir, data: DataSplit, kind: str, resume: 
             directory, _ = soft_label_dir(cfg, run, data)
             cached = read_soft_labels(directory, len(data.subset("train")))
     t = cfg.train
+    tdata = train_data(run, data, cfg, cached)
+    alpha, temperature, kd_choice = 0.0, 1.0, None
+    if kind == "student":
+        # every seed uses seed 0's choice (its candidates' results are cached in RUN_DIR/student/auto)
+        kd_fp = fp if not seed_index else _student_fp(base_cfg, data, run, kind)
+        alpha, temperature, kd_choice = choose_kd(
+            base_cfg, run.student_dir(kind), kd_fp, k, tdata, device, teacher, resume
+        )
     spec = TrainSpec(
-        name=kind,
+        name=name,
         out_dir=out,
         epochs=t.epochs,
         lr=t.lr,
         fingerprint=fp,
         kd_loss=kd.loss if kind == "student" else None,
-        alpha=kd.alpha,
-        temperature=kd.temperature,
+        alpha=alpha,
+        temperature=temperature,
         dkd_alpha=kd.dkd_alpha,
         dkd_beta=kd.dkd_beta,
         feature_layers=(kd.feature.teacher_layer, kd.feature.student_layer)
@@ -394,9 +511,9 @@ def stage_student(cfg: Config, run: RunDir, data: DataSplit, kind: str, resume: 
         **_spec_common(cfg),
     )
     log(
-        f"{kind}: training {s.arch} x{s.width_mult} ({count_params(model) / 1e6:.2f} M params), "
+        f"{name}: training {s.arch} x{s.width_mult} ({count_params(model) / 1e6:.2f} M params), "
         + (
-            f"KD ({kd.loss}, alpha {kd.alpha}, T {kd.temperature}, {kd.mode})"
+            f"KD ({kd.loss}, alpha {alpha:g}, T {temperature:g}, {kd.mode})"
             if kind == "student"
             else "hard labels only"
         )
@@ -404,7 +521,7 @@ def stage_student(cfg: Config, run: RunDir, data: DataSplit, kind: str, resume: 
     res = train_model(
         model,
         spec,
-        train_data(run, data, cfg, cached),
+        tdata,
         device,
         resume=resume,
         teacher=teacher,
@@ -422,19 +539,27 @@ def stage_student(cfg: Config, run: RunDir, data: DataSplit, kind: str, resume: 
             "best_epoch": res.best_epoch,
             "best_val_accuracy": res.best_val_accuracy,
             "train_seconds": round(res.seconds, 1),
+            "steps": res.steps,
+            "epochs": len(res.history),
+            "stopped": res.stopped,
+            "kd": kd_choice,
+            "seed": cfg.train.seed,
+            "seed_index": seed_index,
             "sha256": sha256_file(weights),
             "world_size": dist_.world_size(),
         }
         atomic_write_json(out / "meta.json", meta)
-        run.mark_stage(kind, fp, time.time() - t0)
+        run.mark_stage(name, fp, time.time() - t0)
     dist_.barrier()
     return read_json(out / "meta.json")
 
 
-def load_student(cfg: Config, run: RunDir, num_classes: int, kind: str = "student") -> nn.Module:
+def load_student(cfg: Config, run: RunDir, num_classes: int, kind: str = "student", seed_index: int = 0) -> nn.Module:
     s = cfg.student
+    seeds = f" --seeds {seed_index + 1}" if seed_index else ""
     w = run.require(
-        run.student_dir(kind) / "model.safetensors", f"run the distill stage first (edgekd distill {run.root})"
+        student_seed_dir(run, kind, seed_index) / "model.safetensors",
+        f"run the distill stage first (edgekd distill {run.root}{seeds})",
     )
     model = build_student(s.arch, num_classes, s.width_mult, s.dropout)
     model.load_state_dict(load_state_dict_file(w))
@@ -445,57 +570,143 @@ def load_student(cfg: Config, run: RunDir, num_classes: int, kind: str = "studen
 # evaluate
 
 
+def seed_summary(per_seed: list[dict]) -> dict:
+    """Mean and spread over seeds of accuracy and macro-F1 (sample std; 0 with one seed)."""
+    out = {}
+    for key in ("accuracy", "macro_f1"):
+        v = np.array([m[key] for m in per_seed], dtype=float)
+        out[key] = float(v.mean())
+        out[f"{key}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return out
+
+
+def kd_gain_gate(verdict: dict, min_gain_points: float) -> dict:
+    """Fails when the lower bound of the KD gain's 95% interval is below gate.min_kd_gain."""
+    lo, hi = verdict["kd_gain_ci95"]
+    passed = lo >= min_gain_points
+    return {
+        "name": "min_kd_gain",
+        "limit_points": min_gain_points,
+        "value_points": lo,
+        "passed": bool(passed),
+        "message": f"KD gain {verdict['kd_gain_mean']:+.2f} points, 95% interval [{lo:+.2f}, {hi:+.2f}] over "
+        f"{verdict['seeds']} seed(s): the lower bound is {'at or above' if passed else 'below'} "
+        f"gate.min_kd_gain={min_gain_points:g}",
+    }
+
+
 def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
-    """Test-split metrics for teacher, student, baseline; the accuracy-gap gate; report.json core."""
+    """Test-split metrics for teacher and every trained seed of student and baseline (accuracy and macro-F1 as
+    the mean over seeds, the rest of seed 0: the shipped model); the KD verdict and advice; the gates
+    (accuracy gap, student collapse, optional min KD gain); report.json core."""
     t0 = time.time()
     k = len(data.classes)
+    n_seeds = cfg.train.seeds
     y = data.labels("test")
     x = eval_tensor(run, data, cfg, "test")
     teacher = load_teacher(cfg, run, k)
     onnx_t = isinstance(teacher, OnnxTeacher)
     logits = {"teacher": predict_logits(teacher, x, desc="eval teacher", channels_last=not onnx_t).numpy()}
+    seed_logits: dict[str, list[np.ndarray]] = {}
     for kind in STUDENT_KINDS:
-        logits[kind] = predict_logits(load_student(cfg, run, k, kind), x, desc=f"eval {kind}").numpy()
-    # Test logits for later stages (export parity, benchmark agreement) without re-running the teacher.
+        seed_logits[kind] = [
+            predict_logits(
+                load_student(cfg, run, k, kind, seed_index=i), x, desc=f"eval {student_stage_name(kind, i)}"
+            ).numpy()
+            for i in range(n_seeds)
+        ]
+        logits[kind] = seed_logits[kind][0]
+        logits.update({f"{kind}_s{i}": lg for i, lg in enumerate(seed_logits[kind]) if i})
+    # Test logits for later stages (export parity, benchmark agreement) without re-running the teacher:
+    # `student` / `baseline` are seed 0 (the shipped model), `student_s<i>` / `baseline_s<i>` the other seeds.
     with atomic_path(run.path("eval", "logits.npz")) as tmp:
         np.savez(tmp, labels=y, keys=np.array([it.key for it in data.subset("test")]), **logits)
     tmeta = read_json(run.teacher_meta)
-    results = {}
-    for name, lg in logits.items():
-        m = classification_metrics(lg, y, data.classes, reference=None if name == "teacher" else logits["teacher"])
-        if name == "teacher":
-            m.update(arch=tmeta["arch"], params=tmeta["params"])
-        else:
-            smeta = read_json(run.student_dir(name) / "meta.json")
-            m.update(
-                arch=smeta["arch"],
-                params=smeta["params"],
-                width_mult=smeta["width_mult"],
-                best_epoch=smeta["best_epoch"],
-            )
-        results[name] = m
-    gate = accuracy_gap_gate(results["teacher"]["accuracy"], results["student"]["accuracy"], cfg.gate.max_accuracy_drop)
-    kd_gain = (results["student"]["accuracy"] - results["baseline"]["accuracy"]) * 100
-    metrics = {**results, "kd_gain_points": round(kd_gain, 2), "gates": [gate]}
+    results = {"teacher": classification_metrics(logits["teacher"], y, data.classes)}
+    results["teacher"].update(arch=tmeta["arch"], params=tmeta["params"])
+    best_val = {}
+    for kind in STUDENT_KINDS:
+        per_seed = []
+        for i, lg in enumerate(seed_logits[kind]):
+            m = classification_metrics(lg, y, data.classes, reference=logits["teacher"])
+            smeta = read_json(student_seed_dir(run, kind, i) / "meta.json")
+            per_seed.append((m, smeta))
+        m, smeta = per_seed[0]
+        best_val[kind] = smeta.get("best_val_accuracy")
+        rows = [
+            {
+                "seed_index": i,
+                "seed": sm.get("seed", cfg.train.seed + i),
+                "accuracy": pm["accuracy"],
+                "macro_f1": pm["macro_f1"],
+                "agreement_teacher": pm["agreement_teacher"],
+                "best_val_accuracy": sm.get("best_val_accuracy"),
+            }
+            for i, (pm, sm) in enumerate(per_seed)
+        ]
+        m.update(
+            arch=smeta["arch"],
+            params=smeta["params"],
+            width_mult=smeta["width_mult"],
+            best_epoch=smeta["best_epoch"],
+            **seed_summary(rows),
+            seeds=n_seeds,
+            per_seed=rows,
+        )
+        results[kind] = m
+    verdict = kd_verdict(
+        np.stack([lg.argmax(1) == y for lg in seed_logits["student"]]),
+        np.stack([lg.argmax(1) == y for lg in seed_logits["baseline"]]),
+        seed=cfg.train.seed,
+    )
+    advice = kd_advice(
+        results["teacher"], results["student"], results["baseline"], best_val["student"], best_val["baseline"]
+    )
+    gates = [
+        accuracy_gap_gate(results["teacher"]["accuracy"], results["student"]["accuracy"], cfg.gate.max_accuracy_drop)
+    ]
+    if cfg.gate.min_margin_over_majority is not None:  # null turns the collapse gate off
+        gates.append(collapse_gate("student", results["student"], y, k, cfg.gate.min_margin_over_majority))
+    if cfg.gate.min_kd_gain is not None:
+        gates.append(kd_gain_gate(verdict, cfg.gate.min_kd_gain))
+    kd_gain = verdict["kd_gain_mean"]
+    metrics = {**results, "kd_gain_points": kd_gain, "kd_verdict": verdict, "advice": advice, "gates": gates}
     atomic_write_json(run.metrics, metrics)
     run.mark_stage(
         "evaluate",
-        fingerprint("evaluate", [run.stage_fingerprint(s) for s in ("teacher", "student", "baseline")]),
+        fingerprint(
+            "evaluate",
+            run.stage_fingerprint("teacher"),
+            [run.stage_fingerprint(student_stage_name(kd, i)) for kd in STUDENT_KINDS for i in range(n_seeds)],
+        ),
         time.time() - t0,
     )
     write_core_report(cfg, run)
+    lo, hi = verdict["kd_gain_ci95"]
+    over = f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""
     log(
         f"evaluate: teacher {results['teacher']['accuracy']:.1%}, student {results['student']['accuracy']:.1%} "
-        f"(KD), baseline {results['baseline']['accuracy']:.1%} (hard labels); KD gain {kd_gain:+.1f} pts"
+        f"(KD), baseline {results['baseline']['accuracy']:.1%} (hard labels){over}; KD gain {kd_gain:+.1f} pts, "
+        f"95% CI [{lo:+.1f}, {hi:+.1f}], McNemar p={verdict['mcnemar_p']:.3g}: {verdict['conclusion']}"
     )
+    for line in advice:
+        log(f"evaluate: {line}")
     return metrics
 
 
+GATE_HINTS = {
+    "max_accuracy_drop": "raise gate.max_accuracy_drop or train longer",
+    "min_kd_gain": "more seeds narrow the interval (--seeds N); or lower gate.min_kd_gain",
+}
+
+
 def check_gates(run: RunDir) -> None:
-    """Raise GateFailed (exit 3) naming the failed gate, after all results are on disk."""
+    """Raise GateFailed (exit 3) naming the failed gate(s), after all results are on disk."""
     failed = [g for g in read_json(run.metrics)["gates"] if not g["passed"]]
     if failed:
+        first = failed[0]
+        hint = GATE_HINTS.get(first["name"])
+        also = f"; also failed: {', '.join(g['name'] for g in failed[1:])}" if len(failed) > 1 else ""
         raise GateFailed(
-            f"gate failed: {failed[0]['message']} (raise gate.max_accuracy_drop or train longer); "
-            f"results are in {run.root}"
+            f"gate failed: {first['message']}" + (f" ({hint})" if hint else "") + f"{also}; results are in {run.root}"
         )

@@ -57,6 +57,13 @@ class TrainSpec:
     fingerprint: str = ""
     channels_last: bool = True
     amp: bool = True
+    # schedule: epochs grow until at least min_steps optimizer steps are taken (small data sets would
+    # otherwise starve: 400 images at batch 64 are 6 steps an epoch); early stop and time budget end it sooner
+    min_steps: int = 0
+    patience_steps: Optional[int] = None
+    max_minutes: Optional[float] = None
+    # logit adjustment (Menon et al. 2021) of the hard-label term by the class prior the sampler produces
+    logit_adjust: float = 0.0
     # torchvision's MobileNetV3 and EfficientNet-Lite use BatchNorm momentum 0.01, tuned for
     # ImageNet-length runs; over a few hundred steps the running statistics then lag the weights
     # and evaluation collapses to one class. 0.1 (PyTorch's default) tracks them.
@@ -83,10 +90,41 @@ class TrainResult:
     best_val_accuracy: Optional[float]
     seconds: float
     resumed_from: int
+    steps: int = 0  # optimizer steps taken
+    epochs_planned: int = 0
+    stopped: Optional[str] = None  # why training ended before the planned epochs: "patience" | "time budget"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimizer steps per epoch and epochs, sized by steps: max(epochs, ceil(min_steps / steps per epoch))."""
+
+    steps_per_epoch: int
+    epochs: int
+    head_epochs: int
+
+    @classmethod
+    def of(cls, spec: TrainSpec, n: int) -> Schedule:
+        spe = max(1, n // spec.batch_size)  # drop_last: BatchNorm dislikes a batch of 1
+        epochs = max(spec.epochs, math.ceil(spec.min_steps / spe)) if spec.min_steps else spec.epochs
+        head = spec.head_epochs
+        if head and epochs != spec.epochs:  # the head-only phase keeps its share when epochs grow
+            head = epochs if head >= spec.epochs else min(epochs - 1, max(1, round(head * epochs / spec.epochs)))
+        return cls(spe, epochs, head)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**31)
+
+
+def sampled_prior(labels: torch.Tensor, weights: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The class distribution the sampler draws (what the model sees), for logit adjustment."""
+    mass = torch.zeros(num_classes, dtype=torch.double).index_add_(0, labels, weights.double())
+    return (mass / mass.sum()).clamp_min(1e-12).float()
 
 
 def _sample_weights(labels: torch.Tensor, balance: bool) -> torch.Tensor:
@@ -227,7 +265,7 @@ def _feature_matching(
     return [th, sh], FeatureAdapter(sh.output.shape[1], th.output.shape[1]).to(device)
 
 
-def _optimizer(model: nn.Module, spec: TrainSpec, adapter: Optional[FeatureAdapter], steps_per_epoch: int):
+def _optimizer(model: nn.Module, spec: TrainSpec, adapter: Optional[FeatureAdapter], sch: Schedule):
     """AdamW over (body, head, adapter) groups; frozen blocks excluded; warm-up + cosine per step, with the
     body's learning rate held at 0 during the head-only epochs. Returns (optimizer, scheduler, body params)."""
     head_params = list(spec.head.parameters()) if spec.head is not None else []
@@ -243,9 +281,8 @@ def _optimizer(model: nn.Module, spec: TrainSpec, adapter: Optional[FeatureAdapt
         groups.append({"params": list(adapter.parameters())})
     opt = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
 
-    total = steps_per_epoch * spec.epochs
-    base = lr_lambda(total, steps_per_epoch * min(spec.warmup_epochs, spec.epochs))
-    head_steps = steps_per_epoch * spec.head_epochs
+    base = lr_lambda(sch.total_steps, sch.steps_per_epoch * min(spec.warmup_epochs, sch.epochs))
+    head_steps = sch.steps_per_epoch * sch.head_epochs
 
     def body_lr(step: int) -> float:
         return 0.0 if step < head_steps else base(step)
@@ -255,7 +292,14 @@ def _optimizer(model: nn.Module, spec: TrainSpec, adapter: Optional[FeatureAdapt
 
 
 def _resume(
-    ckpt_path: Path, spec: TrainSpec, resume: bool, model: nn.Module, opt, sched, adapter: Optional[FeatureAdapter]
+    ckpt_path: Path,
+    spec: TrainSpec,
+    resume: bool,
+    model: nn.Module,
+    opt,
+    sched,
+    adapter: Optional[FeatureAdapter],
+    epochs: int,
 ) -> tuple[list[dict], dict, int]:
     """(history, best, first epoch to run): restored from the checkpoint when resuming the same inputs."""
     fresh: tuple[list[dict], dict, int] = ([], {"acc": None, "epoch": -1, "state": None}, 0)
@@ -274,7 +318,7 @@ def _resume(
     if adapter is not None and ck.get("adapter"):
         adapter.load_state_dict(ck["adapter"])
     torch.set_rng_state(ck["rng"]["torch"])
-    log(f"{spec.name}: resumed after epoch {ck['epoch'] + 1}/{spec.epochs}")
+    log(f"{spec.name}: resumed after epoch {ck['epoch'] + 1}/{epochs}")
     return ck["history"], ck["best"], ck["epoch"] + 1
 
 
@@ -287,16 +331,19 @@ def _loss(
     lam: float,
     perm: Optional[torch.Tensor],
     cached: bool,
+    ce_offset: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """The objective for one batch: KD (alpha*T^2*KL + (1-alpha)*CE), DKD, or hard labels only."""
+    """The objective for one batch: KD (alpha*T^2*KL + (1-alpha)*CE), DKD, or hard labels only.
+
+    `ce_offset` (tau * log prior, or None) logit-adjusts the hard-label term."""
     if spec.kd_loss == "dkd":
         return dkd_loss(s_logits, t_logits, y, spec.dkd_alpha, spec.dkd_beta, spec.temperature)
     if spec.kd_loss == "kd":
         tp = F.softmax(t_logits / spec.temperature, dim=1)
         if perm is not None and cached:  # cached logits: mix the teacher's view too
             tp = lam * tp + (1 - lam) * tp[perm.to(tp.device)]
-        return kd_loss(s_logits, tp, target, spec.alpha, spec.temperature, spec.label_smoothing)
-    return soft_cross_entropy(s_logits, target, spec.label_smoothing)
+        return kd_loss(s_logits, tp, target, spec.alpha, spec.temperature, spec.label_smoothing, ce_offset)
+    return soft_cross_entropy(s_logits if ce_offset is None else s_logits + ce_offset, target, spec.label_smoothing)
 
 
 def _train_epoch(
@@ -312,6 +359,7 @@ def _train_epoch(
     adapter: Optional[FeatureAdapter],
     epoch: int,
     bar,
+    ce_offset: Optional[torch.Tensor] = None,
 ) -> tuple[float, int, int]:
     """One pass over the loader's batches; returns (summed loss, correct, images)."""
     tl, tc, tn = 0.0, 0, 0
@@ -335,7 +383,7 @@ def _train_epoch(
                 else:
                     t_logits = data.teacher_logits[idx].to(device)
             s_logits = net(x).float()
-            loss = _loss(spec, s_logits, t_logits, y_dev, target, lam, perm, cached=teacher is None)
+            loss = _loss(spec, s_logits, t_logits, y_dev, target, lam, perm, teacher is None, ce_offset)
             if adapter is not None:
                 loss = loss + spec.feature_weight * adapter(hooks[1].output.float(), hooks[0].output.float())
         if not torch.isfinite(loss):
@@ -349,6 +397,33 @@ def _train_epoch(
         tn += len(idx)
         bar.update(1)
     return tl, tc, tn
+
+
+def improved(rec: dict, best: dict) -> bool:
+    """Higher validation accuracy, or equal accuracy with lower validation loss. On a handful of validation
+    images many epochs tie (a 4-image split reads 100% after 5 steps of 100); the tie-break keeps the epoch
+    that fits them best instead of the first, undertrained one."""
+    if best.get("acc") is None or rec["val_accuracy"] > best["acc"]:
+        return True
+    return rec["val_accuracy"] == best["acc"] and rec["val_loss"] < best.get("loss", float("inf"))
+
+
+def should_stop(history: list[dict], best: dict, spec: TrainSpec, steps_per_epoch: int) -> Optional[str]:
+    """Why to stop before the next epoch ("patience" / "time budget"), or None. Decided from the history alone,
+    so a resumed run stops where an uninterrupted one did (the time budget excepted: it is wall time)."""
+    if not history:
+        return None
+    step = history[-1]["epoch"] * steps_per_epoch
+    if step < spec.min_steps:
+        return None
+    if spec.patience_steps and best.get("epoch", -1) > 0:
+        since = step - best["epoch"] * steps_per_epoch
+        if since >= spec.patience_steps:
+            return f"patience: validation accuracy last improved {since} steps ago (train.patience_steps)"
+    if spec.max_minutes and history[-1].get("elapsed_seconds", 0) >= spec.max_minutes * 60:
+        used = history[-1]["elapsed_seconds"] / 60
+        return f"time budget: {used:.1f} min of train.max_minutes={spec.max_minutes:g}"
+    return None
 
 
 def train_model(
@@ -370,11 +445,16 @@ def train_model(
     _prepare(model, spec, device)
     hooks, adapter = _feature_matching(model, teacher, spec, data.image_size, device)
     n = len(data.labels)
-    steps_per_epoch = max(1, n // spec.batch_size)  # drop_last: BatchNorm dislikes a batch of 1
-    opt, sched, body = _optimizer(model, spec, adapter, steps_per_epoch)
-    history, best, start_epoch = _resume(ckpt_path, spec, resume, model, opt, sched, adapter)
+    sch = Schedule.of(spec, n)
+    steps_per_epoch = sch.steps_per_epoch
+    opt, sched, body = _optimizer(model, spec, adapter, sch)
+    history, best, start_epoch = _resume(ckpt_path, spec, resume, model, opt, sched, adapter, sch.epochs)
 
     weights = _sample_weights(data.labels, spec.balance)
+    ce_offset = None
+    if spec.logit_adjust:
+        prior = sampled_prior(data.labels, weights, data.num_classes)
+        ce_offset = (spec.logit_adjust * prior.log()).to(device)
     rank, world = dist_.rank(), dist_.world_size()
     if spec.batch_size % world:
         raise EdgekdError(f"train.batch_size={spec.batch_size} must be divisible by the {world} processes")
@@ -384,23 +464,28 @@ def train_model(
         net = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=spec.head_epochs > 0,
+            find_unused_parameters=sch.head_epochs > 0,
         )
     bar = progress(
         None,
         desc=f"train {spec.name}",
-        total=steps_per_epoch * spec.epochs,
+        total=sch.total_steps,
         unit="step",
         initial=start_epoch * steps_per_epoch,
     )
+    stopped = None
     try:
-        for epoch in range(start_epoch, spec.epochs):
+        for epoch in range(start_epoch, sch.epochs):
+            stopped = should_stop(history, best, spec, steps_per_epoch)
+            if stopped:
+                log(f"{spec.name}: stopped after epoch {epoch}/{sch.epochs}: {stopped}")
+                break
             t_epoch = time.time()
             es = _epoch_seed(spec.seed, epoch)
             torch.manual_seed(es + rank)  # dropout and anything else on the global RNG
             random.seed(es)
             g = torch.Generator().manual_seed(es)
-            head_only = epoch < spec.head_epochs
+            head_only = epoch < sch.head_epochs
             for p in body:
                 p.requires_grad_(not head_only)
             model.train()
@@ -420,9 +505,12 @@ def train_model(
                 pin_memory=device.type == "cuda",
                 persistent_workers=False,
             )
-            tl, tc, tn = _train_epoch(net, spec, data, loader, device, opt, sched, teacher, hooks, adapter, epoch, bar)
+            tl, tc, tn = _train_epoch(
+                net, spec, data, loader, device, opt, sched, teacher, hooks, adapter, epoch, bar, ce_offset
+            )
             rec = {
                 "epoch": epoch + 1,
+                "step": (epoch + 1) * steps_per_epoch,
                 "train_loss": tl / max(1, tn),
                 "train_accuracy": tc / max(1, tn),
                 "lr": sched.get_last_lr()[0],
@@ -432,12 +520,16 @@ def train_model(
                 vl = predict_logits(model, data.val_x, device=str(device), channels_last=spec.channels_last)
                 rec["val_accuracy"] = (vl.argmax(1) == data.val_y).float().mean().item()
                 rec["val_loss"] = F.cross_entropy(vl, data.val_y).item()
-                if best["acc"] is None or rec["val_accuracy"] > best["acc"]:
+                if improved(rec, best):
                     best = {
                         "acc": rec["val_accuracy"],
+                        "loss": rec["val_loss"],
                         "epoch": epoch + 1,
                         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                     }
+            rec["elapsed_seconds"] = round(
+                (history[-1]["elapsed_seconds"] if history else 0) + time.time() - t_epoch, 2
+            )
             history.append(rec)
             bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val=f"{rec.get('val_accuracy', float('nan')):.3f}")
             ck = {
@@ -466,10 +558,13 @@ def train_model(
     model.to(memory_format=torch.contiguous_format)
     result = TrainResult(
         history=history,
-        best_epoch=best["epoch"] if best["state"] is not None else spec.epochs,
+        best_epoch=best["epoch"] if best["state"] is not None else len(history),
         best_val_accuracy=best["acc"],
         seconds=time.time() - t0,
         resumed_from=start_epoch,
+        steps=len(history) * steps_per_epoch,
+        epochs_planned=sch.epochs,
+        stopped=stopped,
     )
     if rank == 0:
         atomic_write_json(
@@ -479,6 +574,10 @@ def train_model(
                 "best_epoch": result.best_epoch,
                 "best_val_accuracy": result.best_val_accuracy,
                 "world_size": world,
+                "steps": result.steps,
+                "steps_per_epoch": steps_per_epoch,
+                "epochs_planned": sch.epochs,
+                "stopped": result.stopped,
             },
         )
     return result

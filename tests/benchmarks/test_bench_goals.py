@@ -126,3 +126,27 @@ def test_artifact_subjects_take_runtime_from_the_table(tmp_path):
     assert got["coreml"]["status"] == "skipped" and got["coreml"]["runtime"] == "coreml"
     assert got["coreml"]["reason"] == "needs coremltools"
     assert list(got) == ["onnx", "tflite-int8", "odd", "changed", "badmeta", "coreml"]  # manifest order
+
+
+def test_headline_has_macro_f1_and_says_when_kd_did_not_help():
+    onnx = _entry("onnx", "student", "onnx", "fp32", "onnxruntime", 6_000_000, 0.912, 1.0, 90.0)
+    arts, teacher, sref, profiles, rep = _bench(onnx)
+    head = goals.headline(arts, teacher, sref, profiles, rep)
+    assert head.startswith(
+        "student fp32 ONNX: 91.2% vs teacher 93.0% (\u22121.8 pts), macro-F1 0.80 vs 0.80 (PyTorch),"
+    )
+    assert goals.kd_warning(rep) is None  # no verdict, no advice: an older report.json
+    rep["kd_verdict"] = {"seeds": 3, "kd_gain_mean": -2.5, "kd_gain_ci95": [-4.0, -1.0], "mcnemar_p": 0.01}
+    rep["kd_verdict"]["conclusion"] = "no significant difference"
+    assert goals.headline(arts, teacher, sref, profiles, rep) == head
+    rep["kd_verdict"]["conclusion"] = "KD hurt"
+    warned = goals.headline(arts, teacher, sref, profiles, rep)
+    assert warned == (
+        "KD did not help: the KD student trails the hard-label baseline by 2.5 pts (95% CI [-4.0, -1.0], 3 seeds, "
+        "McNemar p=0.01); ship the baseline or retune KD. " + head
+    )
+    rep["kd_verdict"]["conclusion"] = "KD helped"
+    rep["advice"] = ["the teacher cannot help"]
+    assert goals.headline(arts, teacher, sref, profiles, rep) == "KD helped, but the teacher cannot help. " + head
+    # no measurement at all: the warning alone
+    assert goals.headline([], [], [], profiles, rep) == "KD helped, but the teacher cannot help."

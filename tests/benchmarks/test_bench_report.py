@@ -141,7 +141,75 @@ def test_save_results(synthetic_run, tmp_path):
     assert path.name == "quick-test.md"
     assert "command: `edgekd bench run --save-results quick-test`" in text
     assert "machine: Test CPU" in text and "date: 2026-01-01" in text and "| tflite-int8 |" in text
+    import json
+
+    saved = json.loads((tmp_path / "quick-test.json").read_text())  # the JSON a program (and README) reads
+    rep = json.loads((synthetic_run / "report.json").read_text())
+    assert saved["command"] == "edgekd bench run --save-results quick-test"
+    assert saved["student"]["accuracy"] == rep["student"]["accuracy"] and "confusion_matrix" not in saved["student"]
     from edgekd.pipeline.errors import EdgekdError
 
     with pytest.raises(EdgekdError):
         compare.save_results(RunDir(synthetic_run), "../escape", "x", results_dir=tmp_path)
+
+
+def _with_verdict(rep: dict, conclusion: str = "KD hurt", advice=None) -> dict:
+    rep["student"].update(accuracy=0.86, accuracy_std=0.01, macro_f1=0.78, macro_f1_std=0.02, seeds=2)
+    rep["student"]["per_seed"] = [{"seed_index": 0, "accuracy": 0.87, "macro_f1": 0.79}, {"seed_index": 1}]
+    rep["baseline"].update(accuracy=0.89, accuracy_std=0.0, macro_f1=0.8, macro_f1_std=0.0, seeds=2)
+    rep["kd_gain_points"] = -3.0
+    rep["kd_verdict"] = {
+        "seeds": 2,
+        "test_images": 40,
+        "kd_gain_mean": -3.0,
+        "kd_gain_std": 1.41,
+        "kd_gain_ci95": [-5.5, -0.5] if conclusion == "KD hurt" else [-2.0, 4.0],
+        "mcnemar_p": 0.031,
+        "mcnemar_p_per_seed": [0.031, 0.2],
+        "student_accuracy": [0.87, 0.85],
+        "baseline_accuracy": [0.89, 0.89],
+        "conclusion": conclusion,
+    }
+    rep["advice"] = advice if advice is not None else ["the teacher (93.0%) is no better than ..."]
+    return rep
+
+
+def test_render_shows_the_kd_verdict_advice_and_per_class_recall(tmp_path):
+    root = write_synthetic_run(tmp_path / "run")
+    rep = _with_verdict(json.loads((root / "report.json").read_text()))
+    rep["baseline"]["per_class_recall"] = {c: 0.5 for c in rep["baseline"]["per_class_recall"]}
+    (root / "report.json").write_text(json.dumps(rep))
+    md, htm = render(RunDir(root))
+    text = md.read_text()
+    head = text.split("\n\n")[1]
+    # the headline says it in words, then the measured sentence with macro-F1 beside accuracy
+    assert head.startswith("**KD did not help: the KD student trails the hard-label baseline by 3.0 pts")
+    assert "(95% CI [-5.5, -0.5], 2 seeds, McNemar p=0.031)" in head and "no better than ..." in head
+    assert "student int8 TFLite: 91.0% vs teacher 93.0% (\u22122.0 pts), macro-F1 0.79 vs 0.80 (PyTorch)" in head
+    assert "86.0% ± 1.0, macro-F1 0.78" in text  # mean ± std over seeds in the summary
+    assert "| student (KD) | mobilenet_v3_small | 1.50 M | 86.0% ± 1.0 | 0.780 ± 0.020 |" in text
+    verdict = text.split("## Did distillation help?\n", 1)[1].split("\n## ", 1)[0]
+    assert "KD hurt: KD gain (student − baseline accuracy) -3.00 pts ± 1.41 (std over 2 seeds)" in verdict
+    assert "95% CI [-5.50, -0.50] (paired bootstrap over the 40 test images), McNemar p=0.031" in verdict
+    assert "| 1 | 85.0% | 89.0% | -4.0 | 0.2 |" in verdict
+    assert "### Advice" in verdict and "- the teacher (93.0%) is no better than ..." in verdict
+    recall = text.split("## Per-class recall\n", 1)[1].split("\n## ", 1)[0]
+    assert "| class | teacher | student | baseline |" in recall and "| 80.0% | 80.0% | 50.0% |" in recall
+    page = htm.read_text()
+    assert "KD did not help: the KD student trails" in page and "Did distillation help?" in page
+
+
+def test_headline_without_findings_and_on_older_runs(tmp_path):
+    root = write_synthetic_run(tmp_path / "run")
+    rep = _with_verdict(
+        json.loads((root / "report.json").read_text()), conclusion="no significant difference", advice=[]
+    )
+    (root / "report.json").write_text(json.dumps(rep))
+    text = render(RunDir(root))[0].read_text()
+    assert "KD did not help" not in text and "**student int8 TFLite: 91.0% vs teacher 93.0%" in text
+    assert "KD -3.0 pts (95% CI [-2.0, +4.0], 2 seeds, McNemar p=0.031): no significant difference." in text
+    # an older report.json (no verdict, no advice, no per-seed keys) renders as before, without the section
+    old = write_synthetic_run(tmp_path / "old", with_bench=False)
+    text = render(RunDir(old))[0].read_text()
+    assert "Did distillation help?" not in text and "(KD +2.2 pts)" not in text and "KD +2.2 pts." in text
+    assert "KD did not help" not in text
