@@ -52,8 +52,8 @@ def saved_model(ctx: ExportContext, int8: bool, qat: Optional[bool] = None, rewr
     tf_quiet()
     onnx2tf = importlib.import_module("onnx2tf")
     sample = ctx.calib_nhwc_01[:20]
-    strict = True
-    try:
+
+    def convert(**extra) -> None:
         with onnx2tf_offline(sample), quiet_stdout():
             onnx2tf.convert(
                 input_onnx_file_path=str(onnx_copy),
@@ -61,7 +61,12 @@ def saved_model(ctx: ExportContext, int8: bool, qat: Optional[bool] = None, rewr
                 output_signaturedefs=True,
                 non_verbose=True,
                 verbosity="error",
+                **extra,
             )
+
+    strict = True
+    try:
+        convert()
     except (Exception, SystemExit) as e:
         # onnx2tf's "strict mode" re-checks layouts when a shape has repeated dims (e.g. 16x16x16 at
         # 32 px) and fails on a Mul by a scalar constant; retry without it (parity checks the result).
@@ -72,15 +77,7 @@ def saved_model(ctx: ExportContext, int8: bool, qat: Optional[bool] = None, rewr
         strict = False
         shutil.rmtree(out, ignore_errors=True)
         shutil.copyfile(src, onnx_copy)
-        with onnx2tf_offline(sample), quiet_stdout():
-            onnx2tf.convert(
-                input_onnx_file_path=str(onnx_copy),
-                output_folder_path=str(out),
-                output_signaturedefs=True,
-                non_verbose=True,
-                verbosity="error",
-                disable_strict_mode=True,
-            )
+        convert(disable_strict_mode=True)
     if not (out / "saved_model.pb").exists():
         raise EdgekdError(f"onnx2tf wrote no SavedModel into {out}")
     ctx.cache[key] = out

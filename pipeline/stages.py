@@ -357,6 +357,41 @@ def _student_fp(cfg: Config, data: DataSplit, run: RunDir, kind: str) -> str:
     return fingerprint(*parts)
 
 
+def student_spec(
+    cfg: Config,
+    kind: str,
+    name: str,
+    out: Path,
+    fp: str,
+    alpha: float,
+    temperature: float,
+    fraction: Optional[float] = None,
+) -> TrainSpec:
+    """The TrainSpec of a student ('student': KD with alpha/temperature) or the baseline. With `fraction`
+    (kd auto's candidates) it is that share of the schedule, without early stopping."""
+    t, kd = cfg.train, cfg.kd
+    common = _spec_common(cfg)
+    if fraction is not None:
+        common.update(min_steps=round(t.min_steps * fraction), patience_steps=None)
+    return TrainSpec(
+        name=name,
+        out_dir=out,
+        epochs=t.epochs if fraction is None else max(1, round(t.epochs * fraction)),
+        lr=t.lr,
+        fingerprint=fp,
+        kd_loss=kd.loss if kind == "student" else None,
+        alpha=alpha,
+        temperature=temperature,
+        dkd_alpha=kd.dkd_alpha,
+        dkd_beta=kd.dkd_beta,
+        feature_layers=(kd.feature.teacher_layer, kd.feature.student_layer)
+        if kind == "student" and kd.feature.enabled
+        else None,
+        feature_weight=kd.feature.weight,
+        **common,
+    )
+
+
 def _kd_candidates(kd) -> list[tuple[float, float]]:
     """kd.auto_candidates with a fixed alpha or temperature substituted (duplicates dropped, order kept)."""
     out: list[tuple[float, float]] = []
@@ -395,19 +430,7 @@ def choose_kd(cfg: Config, out: Path, fp: str, k: int, tdata: TrainData, device,
         else:
             torch.manual_seed(tc.seed)  # same initial weights as the final student
             model = build_student(s.arch, k, s.width_mult, s.dropout, s.weights)
-            spec = TrainSpec(
-                name=f"kd-auto a{a:g} T{t:g}",
-                out_dir=cdir,
-                epochs=max(1, round(tc.epochs * frac)),
-                lr=tc.lr,
-                fingerprint=cfp,
-                kd_loss=kd.loss,
-                alpha=a,
-                temperature=t,
-                dkd_alpha=kd.dkd_alpha,
-                dkd_beta=kd.dkd_beta,
-                **{**_spec_common(cfg), "min_steps": round(tc.min_steps * frac), "patience_steps": None},
-            )
+            spec = student_spec(cfg, "student", f"kd-auto a{a:g} T{t:g}", cdir, cfp, a, t, fraction=frac)
             res = train_model(model, spec, tdata, device, resume=resume, teacher=teacher, num_workers=tc.num_workers)
             rec = {
                 "fingerprint": cfp,
@@ -484,7 +507,6 @@ def stage_student(
         else:
             directory, _ = soft_label_dir(cfg, run, data)
             cached = read_soft_labels(directory, len(data.subset("train")))
-    t = cfg.train
     tdata = train_data(run, data, cfg, cached)
     alpha, temperature, kd_choice = 0.0, 1.0, None
     if kind == "student":
@@ -493,23 +515,7 @@ def stage_student(
         alpha, temperature, kd_choice = choose_kd(
             base_cfg, run.student_dir(kind), kd_fp, k, tdata, device, teacher, resume
         )
-    spec = TrainSpec(
-        name=name,
-        out_dir=out,
-        epochs=t.epochs,
-        lr=t.lr,
-        fingerprint=fp,
-        kd_loss=kd.loss if kind == "student" else None,
-        alpha=alpha,
-        temperature=temperature,
-        dkd_alpha=kd.dkd_alpha,
-        dkd_beta=kd.dkd_beta,
-        feature_layers=(kd.feature.teacher_layer, kd.feature.student_layer)
-        if kind == "student" and kd.feature.enabled
-        else None,
-        feature_weight=kd.feature.weight,
-        **_spec_common(cfg),
-    )
+    spec = student_spec(cfg, kind, name, out, fp, alpha, temperature)
     log(
         f"{name}: training {s.arch} x{s.width_mult} ({count_params(model) / 1e6:.2f} M params), "
         + (
