@@ -17,12 +17,13 @@ from __future__ import annotations
 import time
 
 from edgekd.benchmarks import machine
-from edgekd.benchmarks.goals import compute_goals, headline
+from edgekd.benchmarks.goals import compute_goals, converter_goal, converter_reference, headline, int8_advice
 from edgekd.benchmarks.measure import measure_subjects
 from edgekd.benchmarks.report import render
 from edgekd.benchmarks.subjects import collect_subjects, load_eval_logits, model_macs
 from edgekd.export.manifest import artifacts as manifest_artifacts
 from edgekd.export.manifest import manifest_path, read_manifest
+from edgekd.export.runtimes import runtime_options
 from edgekd.pipeline.progress import log
 from edgekd.pipeline.report import load_report, update_report
 from edgekd.pipeline.rundir import RunDir, fingerprint, read_json, sha256_file
@@ -81,8 +82,18 @@ def run_bench(run: RunDir, cfg, force: bool = False) -> dict:
     student_ref = [e for e in entries if e["name"] == "student-pytorch"]
     artifacts = [e for e in entries if e["model"] == "student" and e["name"] != "student-pytorch"]
     goals = compute_goals(artifacts, teacher, student_ref, profiles, peaks)
-    head = headline(artifacts, teacher, student_ref, profiles, rep)
-    bench_machine = {**desc, "profiles": profiles, "compute_peak": peaks, "macs": macs}
+    prof0 = profiles[0]["profile"] if profiles else None
+    arts_manifest = manifest_artifacts(read_manifest(run.root)) if manifest_path(run.root).exists() else []
+    reference = converter_reference(arts_manifest, artifacts, prof0)
+    goals.append(converter_goal(reference))
+    bench_machine = {
+        **desc,
+        "profiles": profiles,
+        "compute_peak": peaks,
+        "macs": macs,
+        "runtime_options": runtime_options(),
+    }
+    head = headline(artifacts, teacher, student_ref, profiles, {**rep, "bench_machine": bench_machine})
     settings = {
         "min_queries": cfg.bench.min_queries,
         "min_seconds": cfg.bench.min_seconds,
@@ -99,6 +110,8 @@ def run_bench(run: RunDir, cfg, force: bool = False) -> dict:
         "bench_settings": settings,
         "goals": goals,
         "headline": head,
+        "converter_reference": reference,
+        "int8_advice": int8_advice(artifacts, prof0, {"bench_machine": bench_machine}),
     }
     update_report(run, **sections)
     run.mark_stage("bench", fp, time.time() - t_start)

@@ -1,9 +1,14 @@
 """The bench stage's goals (reported, not enforced) and its one-line headline, from the measured entries.
 
 Goals: the student/teacher speed-up on one runtime (>= 10x), the smallest int8 artifact against the
-fp32 teacher (>= 40x smaller), and the fp32 student's median latency against its compute bound
-(<= 2x). The headline speaks for the measured artifact of lowest `headline_rank` in the format table
-(edgekd.export.formats) that did not fail parity, else the PyTorch student, with macro-F1 beside accuracy;
+fp32 teacher (>= 40x smaller), the fp32 student's median latency against its compute bound
+(<= 2x), and each shipped TFLite float file against the fastest converter candidate of the export stage
+(<= 1.02x, `converter_goal`, from the manifest's converter choice). When int8 is slower than the float file
+on this CPU, `int8_advice` says so (with the CPU flags) and the headline ends with it. Only verified
+artifacts count: measured here and past their parity gate in their own runtime
+(an `unverified` or `weights_checked` CoreML file off macOS never does). The headline speaks for the verified
+artifact of lowest `headline_rank` in the format table (edgekd.export.formats: a fixed priority, TFLite int8
+first, what the Android app ships; not the smallest file), else the PyTorch student, with macro-F1 beside accuracy;
 when the KD verdict says distillation hurt, or the evaluate stage's advice has a finding, the headline
 starts with it in words ("KD did not help: ...").
 """
@@ -28,6 +33,13 @@ HEADLINE_PRIORITY = [
 
 def _ok(e: dict) -> bool:
     return e.get("status") == "ok" and e.get("latency_ms") is not None
+
+
+def _verified(e: dict) -> bool:
+    """Measured here and, for an exported artifact, numerically checked in its own runtime (parity passed)."""
+    if e.get("format") == "pytorch":
+        return _ok(e)
+    return _ok(e) and str(e.get("parity_status") or "").lower() in ("passed", "pass", "ok")
 
 
 def _find(entries: list[dict], profile: Optional[str], **kw) -> Optional[dict]:
@@ -84,13 +96,15 @@ def compute_goals(
     tsize_e = next((e for e in teacher if e.get("name") == "teacher-onnx" and e.get("size_bytes")), None) or next(
         (e for e in teacher if e.get("size_bytes")), None
     )
+    # verified artifacts only: measured here ("ok") and past their parity gate in their own runtime; an
+    # unverified or weights_checked file (CoreML off macOS) never counts
     int8 = [
         e
         for e in artifacts
         if "int8" in str(e.get("precision") or "")
         and e.get("size_bytes")
-        and e.get("status") in ("ok", "skipped")
-        and (e.get("status") == "ok" or e.get("format") == "coreml")
+        and _verified(e)
+        and (prof is None or e.get("profile") in (prof, None))
     ]
     if tsize_e and int8:
         small = min(int8, key=lambda e: e["size_bytes"])
@@ -112,7 +126,9 @@ def compute_goals(
                 "target": ">= 40x",
                 "value": None,
                 "status": "unknown",
-                "detail": "no int8 student artifact" if tsize_e else "teacher size unknown",
+                "detail": "no verified int8 student artifact (measured here, parity passed)"
+                if tsize_e
+                else "teacher size unknown",
             }
         )
     # 3. compute bound
@@ -178,6 +194,9 @@ def headline(
 ) -> Optional[str]:
     """The bench's one sentence (report.json `headline`), led by the KD warning when there is one."""
     text = measured_headline(artifacts, teacher, student_ref, profiles, rep)
+    advice = int8_advice(artifacts, profiles[0]["profile"] if profiles else None, rep) if text else None
+    if advice:
+        text = f"{text}. {advice[0].upper()}{advice[1:]}."
     warn = kd_warning(rep)
     if text and warn:
         return f"{warn} {text}"
@@ -211,11 +230,7 @@ def measured_headline(
             (
                 e
                 for e in artifacts
-                if _ok(e)
-                and e.get("profile") == prof
-                and e.get("format") == fmt
-                and e.get("precision") == prec
-                and e.get("parity_status") != "failed"
+                if _verified(e) and e.get("profile") == prof and e.get("format") == fmt and e.get("precision") == prec
             ),
             None,
         )
@@ -259,3 +274,101 @@ def measured_headline(
         f"{text} ({prof} profile, {cand['threads']} of {cand['threads_requested']} requested threads; "
         f"vs teacher {label(t)}{where})"
     )
+
+
+# ----------------------------------------------------------------------------------------
+# converter reference (issue 16) and int8 where it pays
+
+CONVERTER_GOAL = 1.02  # shipped TFLite file / best candidate the toolchain built, both timed in the export stage
+
+
+def converter_reference(manifest_artifacts: list[dict], artifacts: list[dict], profile: Optional[str]) -> list[dict]:
+    """One row per shipped artifact whose manifest entry records a converter choice (export/candidates.py):
+    the shipped converter and its export-stage latency beside the best candidate's (passed parity) and the
+    fastest built (any parity), their ratio, and the bench stage's p50 of the shipped file."""
+    rows = []
+    for a in manifest_artifacts:
+        d = a.get("details") if isinstance(a.get("details"), dict) else {}
+        choice, cands = d.get("choice"), d.get("candidates")
+        if not isinstance(choice, dict) or not isinstance(cands, list):
+            continue
+        by = {c.get("converter"): c for c in cands}
+        shipped = by.get(choice.get("shipped")) or {}
+        bench = _find(artifacts, profile, name=a.get("name"))
+        s_ms, f_ms = shipped.get("latency_ms"), choice.get("fastest_built_ms")
+        rows.append(
+            {
+                "name": a.get("name"),
+                "precision": a.get("precision"),
+                "shipped": choice.get("shipped"),
+                "shipped_ms": s_ms,
+                "best": choice.get("chosen"),
+                "best_ms": choice.get("best_ms"),
+                "fastest_built": choice.get("fastest_built"),
+                "fastest_built_ms": f_ms,
+                "shipped_over_best": round(s_ms / f_ms, 4) if s_ms and f_ms else None,
+                "bench_p50_ms": bench["latency_ms"]["p50"] if bench else None,
+                "why": choice.get("why"),
+                "timed_on": choice.get("timed_on"),
+                "candidates": [
+                    {k: c.get(k) for k in ("converter", "status", "latency_ms", "size_bytes", "reason")} for c in cands
+                ],
+            }
+        )
+    return rows
+
+
+def converter_goal(reference: list[dict]) -> dict:
+    """Goal: every shipped TFLite file within CONVERTER_GOAL x of the fastest candidate built in the same run."""
+    vals = [r for r in reference if r.get("shipped_over_best") is not None]
+    base = {"name": "tflite_vs_best_converter", "target": f"<= {CONVERTER_GOAL:g}x"}
+    if not vals:
+        why = "no converter candidates were timed (one candidate configured or built)" if reference else None
+        return {**base, "value": None, "status": "unknown", "detail": why or "no manifest converter choice"}
+    worst = max(vals, key=lambda r: r["shipped_over_best"])
+    v = worst["shipped_over_best"]
+    return {
+        **base,
+        "value": round(v, 3),
+        "status": "met" if v <= CONVERTER_GOAL else "not met",
+        "detail": f"worst of {len(vals)}: {worst['name']} ships {worst['shipped']} {worst['shipped_ms']:.3f} ms vs "
+        f"fastest candidate {worst['fastest_built']} {worst['fastest_built_ms']:.3f} ms (export stage, interleaved)",
+    }
+
+
+def _cpu_flags(rep: dict) -> list[str]:
+    flags = (rep.get("bench_machine") or {}).get("cpu_flags")
+    if flags is None:
+        from edgekd.pipeline.machine import cpu_flags
+
+        flags = cpu_flags()
+    return list(flags)
+
+
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def int8_advice(artifacts: list[dict], profile: Optional[str], rep: dict) -> Optional[str]:
+    """When the verified TFLite (else ONNX) int8 artifact is slower than the same container's fastest verified
+    float artifact on this CPU: one sentence that says so and recommends the float file; else None."""
+    for fmt in ("tflite", "onnx"):
+        here = [e for e in artifacts if _verified(e) and e.get("profile") == profile and e.get("format") == fmt]
+        q = next((e for e in here if e.get("precision") == "int8"), None)
+        floats = [e for e in here if e.get("precision") in ("fp32", "fp16")]
+        if not q or not floats:
+            continue
+        f = min(floats, key=lambda e: e["latency_ms"]["p50"])
+        if q["latency_ms"]["p50"] <= f["latency_ms"]["p50"]:
+            continue
+        flags = _cpu_flags(rep)
+        dot = [x for x in flags if x in INT8_DOT_FLAGS]
+        cpu = f"this CPU ({' '.join(flags) or 'flags unknown'}; " + (
+            f"int8 dot product: {' '.join(dot)})" if dot else "no int8 dot-product instructions)"
+        )
+        return (
+            f"int8 does not pay on {cpu}: {label(q)} p50 {q['latency_ms']['p50']:.3f} ms vs {label(f)} "
+            f"{f['latency_ms']['p50']:.3f} ms ({q['latency_ms']['p50'] / f['latency_ms']['p50']:.2f}x slower); "
+            f"on this CPU ship {f['name']} ({f.get('precision')}), int8 only for its size or for CPUs with "
+            "VNNI / ARM dotprod"
+        )
+    return None

@@ -282,6 +282,9 @@ def benchmark_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list
     measured = _references(rep) + arts
     if measured:
         blocks.append(("table", MEASUREMENT_HEADERS, measurement_rows(measured)))
+    blocks += converter_reference_blocks(rep)
+    if rep.get("int8_advice"):
+        blocks.append(("strong", f"int8 on this CPU: {rep['int8_advice']}."))
     if not arts:
         blocks.append(
             (
@@ -328,6 +331,60 @@ def benchmark_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list
             )
         )
     return blocks
+
+
+REFERENCE_HEADERS = [
+    "artifact",
+    "precision",
+    "shipped converter",
+    "shipped ms",
+    "best candidate",
+    "best ms",
+    "shipped / best",
+    "all candidates",
+    "bench p50 ms",
+]
+
+
+def converter_reference_blocks(rep: dict) -> list[Block]:
+    """The reference row of each shipped TFLite artifact: its converter's latency beside the best candidate the
+    toolchain built (both timed interleaved in the export stage; export/candidates.py), goal <= 1.02x."""
+    ref = rep.get("converter_reference") or []
+    if not ref:
+        return []
+    rows = []
+    for r in ref:
+        cands = ", ".join(
+            f"{c['converter']} {ms(c.get('latency_ms'))}" + ("" if c.get("status") == "passed" else f" ({c['status']})")
+            for c in r.get("candidates") or []
+        )
+        ratio = r.get("shipped_over_best")
+        rows.append(
+            [
+                r.get("name") or "?",
+                r.get("precision") or "—",
+                r.get("shipped") or "—",
+                ms(r.get("shipped_ms")),
+                r.get("fastest_built") or "—",
+                ms(r.get("fastest_built_ms")),
+                "—" if ratio is None else f"{ratio:.2f}x",
+                cands,
+                ms(r.get("bench_p50_ms")),
+            ]
+        )
+    timed = next((r.get("timed_on") for r in ref if r.get("timed_on")), None)
+    return [
+        ("h3", "Converter reference (shipped file vs the best candidate)"),
+        ("table", REFERENCE_HEADERS, rows),
+        (
+            "p",
+            "Each TFLite float artifact is built by every configured converter (export.tflite_converters), "
+            "checked with the artifact's parity gate and timed in the export stage"
+            + (f" ({timed})" if timed else "")
+            + "; the fastest that passes ships. Best candidate = fastest file built, whatever its parity. "
+            "Goal: shipped / best <= 1.02x. The bench p50 is this stage's own measurement of the shipped file.",
+        ),
+    ]
 
 
 def int8_methods_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
@@ -420,10 +477,40 @@ def gates_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Blo
     return [("h2", "Gates"), ("list", gate_items) if gate_items else ("p", "No gates recorded.")]
 
 
+def artifact_class_recall(run: RunDir) -> list[tuple[str, dict[str, Optional[float]], Optional[int]]]:
+    """(artifact, {class: recall}, images) of every exported artifact whose parity check recorded per-class
+    recall (exports manifest), manifest order."""
+    from edgekd.export.manifest import manifest_path, read_manifest
+    from edgekd.pipeline.errors import EdgekdError
+
+    if not manifest_path(run.root).exists():
+        return []
+    try:
+        manifest = read_manifest(run.root)
+    except EdgekdError:
+        return []
+    labels = manifest.get("labels") or []
+    out = []
+    for a in manifest["artifacts"]:
+        p = a.get("parity") or {}
+        rec = p.get("per_class_recall")
+        if rec and len(rec) == len(labels):
+            out.append(
+                (
+                    f"{a['name']}" + ("" if a.get("status") == "ok" else f" ({a.get('status')})"),
+                    dict(zip(labels, rec)),
+                    p.get("images"),
+                )
+            )
+    return out
+
+
 def per_class_recall_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
+    """Recall per class of teacher, student, baseline (evaluate stage) and every artifact (its parity check)."""
     t, s, b = rep.get("teacher"), rep.get("student"), rep.get("baseline")
     if not (t and s and t.get("per_class_recall")):
         return []
+    arts = artifact_class_recall(run)
     rows = [
         [
             c,
@@ -431,9 +518,30 @@ def per_class_recall_section(run: RunDir, rep: dict, figures: dict[str, bytes]) 
             pct(s.get("per_class_recall", {}).get(c)),
             pct((b or {}).get("per_class_recall", {}).get(c)),
         ]
+        + [pct(r.get(c)) for _, r, _ in arts]
         for c in t["per_class_recall"]
     ]
-    return [("h2", "Per-class recall"), ("table", ["class", "teacher", "student", "baseline"], rows)]
+    blocks: list[Block] = [
+        ("h2", "Per-class recall"),
+        ("table", ["class", "teacher", "student", "baseline"] + [name for name, _, _ in arts], rows),
+    ]
+    if arts:
+        gate = (rep.get("config") or {}).get("gate", {}).get("max_class_recall_drop")
+        n = sorted({i for _, _, i in arts if i is not None})
+        blocks.append(
+            (
+                "p",
+                "Artifacts: each in its own runtime on the images of its parity check "
+                f"({', '.join(str(i) for i in n)} test images). "
+                + (
+                    f"Gate: no shipped artifact loses more than {gate:g} points (and more than one image) of recall "
+                    "on any class against the float student (`gate.max_class_recall_drop`)."
+                    if gate is not None
+                    else "The per-class recall gate is off (`gate.max_class_recall_drop: null`)."
+                ),
+            )
+        )
+    return blocks
 
 
 def _first_20(items: list) -> list[str]:
@@ -482,8 +590,23 @@ def machine_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[B
     ]
     if m.get("clock_ghz"):
         items.append(f"clock {m['clock_ghz']} GHz ({m.get('clock_source')}), SIMD {m.get('simd')}")
+    if m.get("cpu_flags") is not None:
+        dot = [f for f in m["cpu_flags"] if f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")]
+        items.append(
+            f"CPU flags: {' '.join(m['cpu_flags']) or 'none of those that matter'}"
+            + (f" (int8 dot product: {' '.join(dot)})" if dot else " (no int8 dot-product instructions)")
+        )
     if m.get("runtimes"):
         items.append("runtimes: " + ", ".join(f"{k} {v}" for k, v in m["runtimes"].items() if v))
+    ort_opts = (m.get("runtime_options") or {}).get("onnxruntime")
+    if ort_opts:
+        items.append(
+            f"onnxruntime: {', '.join(ort_opts.get('providers') or [])} "
+            f"(available: {', '.join(ort_opts.get('available_providers') or []) or '?'}), "
+            f"{ort_opts.get('graph_optimization_level')}, {ort_opts.get('execution_mode')}, "
+            f"inter-op threads {ort_opts.get('inter_op_num_threads')}, session config "
+            + (", ".join(f"{k}={v}" for k, v in (ort_opts.get("session_config") or {}).items()) or "default")
+        )
     for p in m.get("profiles") or []:
         peak = (m.get("compute_peak") or {}).get(p["profile"], {})
         items.append(

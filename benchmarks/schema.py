@@ -33,7 +33,7 @@ MEASUREMENT_PROPERTIES: dict[str, dict] = {
     "path": STR,
     "sha256": STR,
     "size_bytes": INT,
-    "status": {"type": "string", "enum": ["ok", "failed", "skipped", "timeout"]},
+    "status": {"type": "string", "enum": ["ok", "failed", "skipped", "timeout", "unverified"]},
     "reason": STR,
     "profile": STR,
     "threads": INT,

@@ -370,6 +370,15 @@ def artifact_subjects(run: RunDir) -> list[dict]:
             parity_status=(parity or {}).get("status"),
         )
         status = a.get("status", "ok")
+        legacy = (parity or {}).get("status") == "needs macOS"  # manifests before `unverified` existed
+        if status in ("unverified", "weights_checked") or legacy:  # CoreML off macOS: not run, nothing measured
+            e.update(
+                status="unverified",
+                reason=f"export status {'unverified' if legacy else status}: "
+                + str((parity or {}).get("note") or "its runtime cannot run here; nothing was measured"),
+            )
+            out.append(e)
+            continue
         if status != "ok":
             e.update(
                 status="skipped" if status == "skipped" else "failed",

@@ -16,9 +16,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import json
 import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -199,8 +199,13 @@ def _run_dir(path: str):
     from edgekd.pipeline.rundir import RunDir
 
     run = RunDir(path)
+    if run.root.exists() and not run.root.is_dir():
+        raise EdgekdError(f"{run.root} is a file, not a run directory; pass the folder `edgekd run --out` made")
     if not run.root.is_dir():
-        raise EdgekdError(f"run directory not found: {run.root}")
+        raise EdgekdError(
+            f"run directory not found: {run.root} is not an edgekd run directory (it does not exist); "
+            f"create it with `edgekd run --out {run.root}`"
+        )
     return run
 
 
@@ -211,55 +216,160 @@ def _seed_override(args, overrides: dict) -> dict:
     return overrides
 
 
-def _run_config(run, overrides: dict):
-    """The run's saved config with --set overrides applied (validated)."""
+def _run_config(run, overrides: dict, command: Optional[str] = None):
+    """The run's saved config with --set overrides applied (validated). With `command`, an override of a key
+    that the run's trained outputs were made with (e.g. `evaluate RUN --set student.width_mult=0.5`) is refused
+    before anything is written, so the run's config.yaml keeps describing its weights."""
     from edgekd.pipeline.config import with_overrides
 
-    return with_overrides(run.config(), overrides)
+    saved = run.config()
+    cfg = with_overrides(saved, overrides)
+    if command is not None:
+        _refuse_contradictions(command, saved, cfg, run)
+    return cfg
+
+
+# What `edgekd <command> RUN_DIR --set` may change: the sections that command (re)computes, plus keys that change
+# speed, not results, and sections that only describe or record the run (tracking, the model card's texts), which
+# every command rewrites from scratch. Anything else would describe weights the run does not have.
+SPEED_KEYS = ("train.threads", "train.device", "train.num_workers")
+NO_WEIGHTS = ("track", "card")
+SETTABLE = {
+    "teacher": ("teacher", "gate", "export", "bench", "train.amp", "train.channels_last"),
+    "distill": ("student", "kd", "train", "gate", "export", "bench"),
+    "evaluate": ("gate", "train.seeds", "export", "bench"),
+    "export": ("export", "bench", "gate"),
+    "bench": ("bench",),
+}
+RETRAIN_HINT = {
+    "teacher": "`edgekd run --out {run} --set ...` (it redoes the stages that depend on it)",
+    "student": "`edgekd distill {run} --set ...` (then evaluate/export)",
+    "kd": "`edgekd distill {run} --set ...`",
+    "train": "`edgekd distill {run} --set ...`",
+}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _refuse_contradictions(command: str, saved, cfg, run) -> None:
+    old, new = _flat(saved.model_dump(mode="json")), _flat(cfg.model_dump(mode="json"))
+    allowed = SETTABLE[command] + SPEED_KEYS + NO_WEIGHTS
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key) or any(key == a or key.startswith(a + ".") for a in allowed):
+            continue
+        section = key.split(".")[0]
+        how = RETRAIN_HINT.get(section, "`edgekd run --out {run} --set ...`").format(run=run.root)
+        raise EdgekdError(
+            f"--set {key}={new.get(key)!r} contradicts {run.root}: its outputs were made with {key}={old.get(key)!r} "
+            f"and `edgekd {command}` does not redo that; to change it use {how}"
+        )
 
 
 def cmd_run(args) -> int:
-    from edgekd.pipeline.config import load_config, parse_set
+    from edgekd.pipeline.config import parse_set
     from edgekd.pipeline.rundir import RunDir
-    from edgekd.stage_table import run_stages
+    from edgekd.stage_table import run_config, run_stages
 
-    overrides = _seed_override(args, parse_set(args.overrides))
-    if args.data:
-        overrides.setdefault("data", {})["source"] = args.data
-    if args.skip_bad_images:
-        overrides.setdefault("data", {})["skip_bad_images"] = True
-    if args.stages:
-        overrides["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
-    cfg = load_config(args.config, args.preset, overrides)
+    if args.config:
+        _check_text_file(Path(args.config), "config file")
+    if args.nproc_per_node < 1:
+        raise EdgekdError(f"--nproc-per-node {args.nproc_per_node}: give 1 or more processes")
+    cfg = run_config(  # the one resolution of `edgekd run` and edgekd.distill()
+        args.config,
+        args.preset,
+        parse_set(args.overrides),
+        data=args.data,
+        seeds=args.seeds,
+        stages=args.stages.split(",") if args.stages else None,
+        skip_bad_images=args.skip_bad_images,
+    )
     out = Path(args.out or Path("runs") / f"{cfg.name}-{cfg.preset}")
+    _check_out_dir(out)
+    run = RunDir(out)
     if args.nproc_per_node > 1 and not os.environ.get("LOCAL_RANK"):
         from edgekd.pipeline.distributed import launch
 
-        rc = launch("edgekd", args.argv + ([] if args.out else ["--out", str(out)]), args.nproc_per_node)
-        if rc == 0:
-            return 0
-        rep = out / "report.json"
-        gates = json.loads(rep.read_text()).get("gates", []) if rep.exists() else []
-        if any(not g.get("passed", True) for g in gates):
-            return 3  # rank 0 already printed which gate failed
+        with run.locked(_command(args)):  # the ranks inherit the lock (EDGEKD_LOCK_HELD)
+            rc = launch("edgekd", args.argv + ([] if args.out else ["--out", str(out)]), args.nproc_per_node)
+        if rc in (0, 2, 3, 130):
+            return rc  # the failing rank already printed edgekd's one line
         raise EdgekdError(f"the distributed run failed (exit {rc}); see the rank output above")
-    run = RunDir(out)
-    run.root.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("RANK", "0") == "0":
-        run.save_config(cfg)
-    run_stages(cfg, run, cfg.stages, args.resume)
+    with run.locked(_command(args)):
+        if os.environ.get("RANK", "0") == "0":
+            run.save_config(cfg)
+        run_stages(cfg, run, cfg.stages, args.resume)
     return 0
+
+
+@contextmanager
+def _saved_config(run, cfg):
+    """Save `cfg` as the run's config.yaml for the command's duration; when the command ends in bad input
+    (EdgekdError, not a failed gate) the previous config.yaml is put back, so a refused command changes nothing."""
+    from edgekd.pipeline.rundir import atomic_write_bytes
+
+    p = run.path("config.yaml")
+    old = p.read_bytes() if p.is_file() else None
+    run.save_config(cfg)
+    try:
+        yield
+    except (EdgekdError, OSError) as e:
+        if not isinstance(e, GateFailed):
+            if old is None:
+                p.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(p, old)
+        raise
+
+
+def _command(args) -> str:
+    return "edgekd " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []) or [])
+
+
+def _check_text_file(path: Path, what: str) -> None:
+    """A file the user names must exist and be UTF-8 text (YAML)."""
+    if not path.exists():
+        raise EdgekdError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise EdgekdError(f"{what} {path} is a folder, not a file; pass a YAML file (see configs/)")
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EdgekdError(
+            f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 YAML (see configs/ for examples)"
+        ) from None
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise EdgekdError(f"--out {out} is a file; give a folder (new or an earlier run directory)")
+    others = [p for p in out.iterdir() if p.name != ".edgekd.lock"] if out.is_dir() else []  # our own lock
+    if others and not (out / "config.yaml").exists() and not (out / "stages.json").exists():
+        raise EdgekdError(
+            f"--out {out} is a folder with other files in it, not an edgekd run directory; give a new or empty folder"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgekdError(f"cannot create the run directory {out}: {e.strerror}; choose another --out") from None
 
 
 def cmd_stage(args) -> int:
     from edgekd.pipeline.config import parse_set
-    from edgekd.pipeline.rundir import RunDir
     from edgekd.stage_table import STAGE_GROUPS, run_stages
 
-    run = RunDir(args.run_dir)
-    cfg = _run_config(run, _seed_override(args, parse_set(args.overrides)))
-    run.save_config(cfg)
-    run_stages(cfg, run, STAGE_GROUPS[args.stage], args.resume)
+    run = _run_dir(args.run_dir)
+    cfg = _run_config(run, _seed_override(args, parse_set(args.overrides)), args.stage)
+    with run.locked(_command(args)), _saved_config(run, cfg):
+        run_stages(cfg, run, STAGE_GROUPS[args.stage], args.resume)
     return 0
 
 
@@ -268,19 +378,18 @@ def cmd_export(args) -> int:
     from edgekd.pipeline.config import parse_set
 
     run = _run_dir(args.run_dir)
-    cfg = _run_config(run, parse_set(args.overrides))
+    cfg = _run_config(run, parse_set(args.overrides), "export")
     formats = [s.name for s in resolve_formats(args.formats)] if args.formats else None  # fail fast on a typo
     resolve_formats(cfg.export.formats)
     check_gate_keys(cfg.export.gates)
-    if args.overrides:  # validated: keep them with the run like `edgekd distill --set` does
-        run.save_config(cfg)
-    if cfg.train.threads:
-        import torch
+    with run.locked(_command(args)), _saved_config(run, cfg):  # validated --set: kept with the run
+        if cfg.train.threads:
+            import torch
 
-        torch.set_num_threads(cfg.train.threads)
-    from edgekd.export.api import run_export
+            torch.set_num_threads(cfg.train.threads)
+        from edgekd.stage_table import export_stage  # + reports, model card, tracking (as Run.export())
 
-    run_export(run, cfg, formats)
+        export_stage(cfg, run, formats)
     return 0
 
 
@@ -297,7 +406,7 @@ def _bench_config(args, run):
         bench["min_queries"] = args.min_queries
     if args.min_seconds is not None:
         bench["min_seconds"] = args.min_seconds
-    return _run_config(run, over)
+    return _run_config(run, over, "bench")
 
 
 def cmd_bench(args) -> int:
@@ -313,15 +422,17 @@ def cmd_bench(args) -> int:
         print(comparison)
         print(f"[edgekd] comparison written to {path}", file=sys.stderr)
     elif args.render_only:
-        md, htm = render(run)
+        with run.locked(_command(args)):
+            md, htm = render(run)
         print(f"[edgekd] rendered {md} and {htm}", file=sys.stderr)
     else:
-        from edgekd.benchmarks.api import run_bench
+        from edgekd.stage_table import bench_stage
 
         cfg = _bench_config(args, run)
         parse_profiles(cfg.bench.profiles)  # a bad profile fails before anything is measured
-        run.save_config(cfg)
-        run_bench(run, cfg, force=True)
+        run.require(run.teacher_meta, f"run the teacher stage first (edgekd teacher {run.root})")
+        with run.locked(_command(args)), _saved_config(run, cfg):
+            bench_stage(cfg, run)  # + reports, model card, tracking (as Run.bench())
     if args.save_results:
         path = cmp.save_results(run, args.save_results, command, comparison)
         print(f"[edgekd] results written to {path}", file=sys.stderr)
@@ -348,6 +459,17 @@ def cmd_android_install(args) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    """edgekd's one line, printed by one process: under torchrun only rank 0 speaks (every rank hits the
+    same error)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
+
+
+def _sigterm(signum, frame):  # `kill PID`, a scheduler's stop: the same clean end as Ctrl-C
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -355,20 +477,36 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import signal
+    import threading
+
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _sigterm)
     try:
         return int(args.func(args) or 0)
     except GateFailed as e:
-        print(f"edgekd: {e}", file=sys.stderr)
+        _say(f"edgekd: {e}")
         return 3
     except EdgekdError as e:
-        print(f"edgekd: error: {e}", file=sys.stderr)
+        _say(f"edgekd: error: {e}")
+        return 2
+    except FileNotFoundError as e:  # a file an earlier stage should have written (an unfinished run)
+        _say(
+            f"edgekd: error: {e.filename or e} is missing; rerun the stage that writes it "
+            "(`edgekd run --out RUN_DIR` redoes what is missing)"
+        )
+        return 2
+    except OSError as e:  # the environment: permissions, a full disk, a path that is not what it should be
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        _say(f"edgekd: error: {e.strerror or e}{where}; check that path (permissions, free space) and rerun")
         return 2
     except KeyboardInterrupt:
-        print(
-            "\nedgekd: interrupted; finished epochs are saved, rerun the same command with --resume to continue",
-            file=sys.stderr,
-        )
+        _say("\nedgekd: interrupted; finished epochs are saved, rerun the same command with --resume to continue")
         return 130
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,14 @@ from edgekd.export.context import (
 )
 from edgekd.export.formats import DEFAULT_GATES, FORMATS, FormatSpec, check_gate_keys, gate_for, resolve_formats
 from edgekd.export.manifest import MANIFEST_SCHEMA, manifest_path, read_manifest, write_manifest, write_model_json
-from edgekd.export.parity import apply_gate, check_precision, inspect_artifact, parity_metrics, validate_coreml
+from edgekd.export.parity import (
+    apply_gate,
+    check_precision,
+    class_recall_gate,
+    inspect_artifact,
+    parity_metrics,
+    validate_coreml,
+)
 from edgekd.export.runtimes import Unsupported, load_runner
 from edgekd.pipeline import __version__
 from edgekd.pipeline.errors import EdgekdError, GateFailed
@@ -159,6 +166,8 @@ def export_one(
         )
         out = tmpdir / spec.filename
         cap = Captured()
+        # candidates (export/candidates.py) are checked by the same parity code and gate as the artifact
+        ctx.parity_check = lambda content: candidate_parity(content, spec, tmpdir, ctx.threads, x, ref, y, gate)
         try:
             with captured_output() as cap:
                 info = converters.CONVERTERS[spec.converter](ctx, spec, out, meta)
@@ -189,24 +198,12 @@ def export_one(
             par.update(gate=gate, status=status, runtime=spec.runtime)
             if reasons:
                 par["failed"] = reasons
-        except Unsupported as e:
+        except Unsupported as e:  # Core ML off macOS: spec checks, then the file's program read back and interpreted
             problems = validate_coreml(inside, meta)
-            par = {
-                "status": "needs macOS",
-                "gate": gate,
-                "runtime": spec.runtime,
-                "note": str(e),
-                "spec_check": "passed" if not problems else "failed",
-                "spec_problems": problems,
-                "max_abs": None,
-                "mean_abs": None,
-                "cosine": None,
-                "agreement": None,
-                "accuracy": None,
-                "accuracy_drop_points": None,
-            }
             if problems:
                 raise EdgekdError(f"CoreML spec check failed: {'; '.join(problems)}") from None
+            par = offline_coreml_parity(out, x, ref, y, gate, str(e))
+            par.update(gate=gate, runtime=spec.runtime, spec_check="passed", spec_problems=[])
         par["seconds"] = round(time.time() - t1, 2)
         entry["parity"] = par
         # sidecars, then publish the folder
@@ -221,7 +218,7 @@ def export_one(
             path=published.relative_to(run_root).as_posix(),
             sha256=sha,
             size_bytes=tree_size(published),
-            status="ok" if par["status"] in ("passed", "needs macOS") else "failed",
+            status=ENTRY_STATUS.get(par["status"], "failed"),
         )
         if entry["status"] == "failed":
             entry["reason"] = f"parity gate missed: {'; '.join(par.get('failed', []))}"
@@ -256,15 +253,74 @@ def export_one(
         log(f"export: {spec.name} FAILED: {entry['reason']}")
         return entry
     finally:
+        ctx.parity_check = None
         if tmpdir.exists():
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def candidate_parity(content: bytes, spec: FormatSpec, tmpdir: Path, threads: int, x, ref, y, gate: dict) -> dict:
+    """Parity of a candidate file (bytes) in the artifact's runtime on the test images, held to its gate."""
+    path = tmpdir / f".candidate{spec.suffix}"
+    path.write_bytes(content)
+    try:
+        got = load_runner(path, threads)(x)
+    finally:
+        path.unlink(missing_ok=True)
+    par = parity_metrics(ref, got, y)
+    status, reasons = apply_gate(par, gate)
+    par.update(status=status, on="test images")
+    if reasons:
+        par["failed"] = reasons
+    return par
+
+
+# parity status -> manifest status. Only a file whose own runtime reproduced the student is "ok"; a CoreML file
+# off macOS is at best "weights_checked" (its program and weights, read back and interpreted, match the student)
+# or "unverified" (not even that could run). Goals, the headline and the Android installer use "ok" only.
+ENTRY_STATUS = {"passed": "ok", "weights_checked": "weights_checked", "unverified": "unverified"}
+
+
+def offline_coreml_parity(out: Path, x: np.ndarray, ref: np.ndarray, y, gate: dict, why: str) -> dict:
+    """Parity of a CoreML file that cannot be run here (export/coreml_check.py): status weights_checked when
+    the reference interpretation of its program meets the gate, failed when it does not, unverified when the
+    program could not be interpreted."""
+    from edgekd.export.coreml_check import UncheckedOp, interpret, load_program, weight_summary
+
+    base = {"runtime_note": why, "checked_by": "edgekd MIL reference interpreter (coremltools milproto loader)"}
+    try:
+        fn_input = load_program(out)
+        got = interpret(out, x, fn_input)
+    except UncheckedOp as e:
+        return {
+            **base,
+            "status": "unverified",
+            "note": f"{e}; the file's numbers were not checked",
+            **{k: None for k in ("max_abs", "mean_abs", "cosine", "agreement", "accuracy", "accuracy_drop_points")},
+        }
+    par = parity_metrics(ref, got, y)
+    status, reasons = apply_gate(par, gate)
+    par.update(base, weights=weight_summary(fn_input[0]))
+    par["status"] = "weights_checked" if status == "passed" else "failed"
+    par["note"] = (
+        "Core ML itself was not run (needs macOS): the file's weights and program were read back and interpreted "
+        "with PyTorch kernels (fp16 rounding per op); Apple's kernels are unverified"
+    )
+    if reasons:
+        par["failed"] = reasons
+    return par
 
 
 def _log_entry(e: dict) -> None:
     p = e.get("parity") or {}
     size = f"{e['size_bytes'] / 1e6:.2f} MB" if e.get("size_bytes") else "?"
-    if p.get("status") == "needs macOS":
-        log(f"export: {e['name']}: {size}, spec checked, parity needs macOS")
+    if p.get("status") == "unverified":
+        log(f"export: {e['name']}: {size}, spec checked, numbers UNVERIFIED ({p.get('note')})")
+        return
+    if p.get("status") == "weights_checked":
+        log(
+            f"export: {e['name']}: {size}, weights_checked (program read back and interpreted: agreement "
+            f"{p['agreement'] * 100:.2f}%); Core ML prediction needs macOS, so its runtime is unverified"
+        )
         return
     acc = f", accuracy {p['accuracy'] * 100:.1f}%" if p.get("accuracy") is not None else ""
     log(
@@ -345,8 +401,61 @@ def _merge_previous(run_root: Path, current: list[dict], source_sha: str) -> lis
     return [by[n] for n in FORMATS if n in by]
 
 
-def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None) -> dict:
-    """Export the distilled student in `formats` (default cfg.export.formats); returns the manifest."""
+def export_fingerprint(cfg, source_sha: str, data_fp: str, specs: list[FormatSpec]) -> str:
+    """What an export depends on: the student's weights (sha256), the export section and the preprocessing
+    of the config, the data split, the formats, the converters' and runtimes' versions and edgekd's own
+    export code. The same fingerprint means the same files: `edgekd run` then skips the stage."""
+    import edgekd.export as pkg
+
+    code = sorted(Path(pkg.__file__).parent.glob("*.py"))
+    return fingerprint(
+        "export",
+        source_sha,
+        cfg.export.model_dump(mode="json"),
+        cfg.gate.max_class_recall_drop,  # part of each artifact's parity gate
+        cfg.data.image_size,
+        list(cfg.data.mean),
+        list(cfg.data.std),
+        data_fp,
+        [s.name for s in specs],
+        {k: v for k, v in _runtime_versions().items() if k != "tflite-runtime"},
+        hashlib.sha256(b"".join(f.name.encode() + f.read_bytes() for f in code)).hexdigest()[:16],
+        __version__,
+    )
+
+
+def _up_to_date(run: RunDir, fp: str) -> Optional[dict]:
+    """The manifest, when the export stage ran with fingerprint `fp` and every file it lists is unchanged."""
+    if not run.stage_done("export", fp) or not manifest_path(run.root).exists():
+        return None
+    try:
+        manifest = read_manifest(run.root)
+    except EdgekdError:
+        return None
+    for e in manifest["artifacts"]:
+        if e.get("path"):
+            p = run.root / e["path"]
+            if not p.exists() or tree_sha256(p) != e.get("sha256"):
+                return None
+    return manifest
+
+
+def _raise_failed(run: RunDir, entries: list[dict]) -> None:
+    failed = [e for e in entries if e.get("status") == "failed"]
+    if failed:
+        msgs = []
+        for e in failed:
+            p = e.get("parity") or {}
+            if p.get("failed"):
+                msgs.append(f"{e['name']} parity gate missed ({'; '.join(p['failed'])})")
+            else:
+                msgs.append(f"{e['name']} export failed ({e.get('reason')})")
+        raise GateFailed(f"export: {'; '.join(msgs)}; manifest: {manifest_path(run.root)}")
+
+
+def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None, force: bool = False) -> dict:
+    """Export the distilled student in `formats` (default cfg.export.formats); returns the manifest. Skipped
+    (the manifest as it is) when nothing it depends on changed (export_fingerprint), unless `force`."""
     import torch
 
     from edgekd.pipeline.data import load_split
@@ -363,6 +472,12 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None) -> dict:
         run.student_dir("student") / "model.safetensors", f"run the distill stage first (edgekd distill {run.root})"
     )
     source_sha = sha256_file(weights)
+    fp = export_fingerprint(cfg, source_sha, data.fingerprint, specs)
+    done = None if force else _up_to_date(run, fp)
+    if done is not None:
+        log("export: up to date, skipped")
+        _raise_failed(run, [e for e in done["artifacts"] if e.get("name") in {s.name for s in specs}])
+        return done
     model = load_student(cfg, run, len(labels))
     threads = _threads(cfg, opts)
 
@@ -411,7 +526,7 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None) -> dict:
                     x=x,
                     ref=ref,
                     y=y,
-                    gate=gate_for(spec, cfg.export.gates),
+                    gate=gate_for(spec, cfg.export.gates) | class_recall_gate(cfg.gate.max_class_recall_drop, labels),
                 )
             )
     finally:
@@ -439,27 +554,9 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None) -> dict:
         "seconds": round(time.time() - t_start, 1),
     }
     write_manifest(run.root, manifest)
-    fp = fingerprint(
-        "export",
-        source_sha,
-        cfg.export.model_dump(mode="json"),
-        cfg.data.image_size,
-        list(cfg.data.mean),
-        list(cfg.data.std),
-        data.fingerprint,
-    )
     run.mark_stage("export", fp, time.time() - t_start)
     update_report(run, exports=_summary(manifest))
-    failed = [e for e in entries if e["status"] == "failed"]
-    if failed:
-        msgs = []
-        for e in failed:
-            p = e.get("parity") or {}
-            if p.get("failed"):
-                msgs.append(f"{e['name']} parity gate missed ({'; '.join(p['failed'])})")
-            else:
-                msgs.append(f"{e['name']} export failed ({e['reason']})")
-        raise GateFailed(f"export: {'; '.join(msgs)}; manifest: {manifest_path(run.root)}")
+    _raise_failed(run, entries)
     return manifest
 
 
@@ -467,7 +564,17 @@ def _runtime_versions() -> dict:
     from importlib import metadata as im
 
     out = {}
-    for dist in ("torch", "onnx", "onnxruntime", "tensorflow", "onnx2tf", "ai-edge-litert", "coremltools"):
+    for dist in (
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "tensorflow",
+        "onnx2tf",
+        "ai-edge-litert",
+        "litert-torch",
+        "ai-edge-quantizer",
+        "coremltools",
+    ):
         try:
             out[dist] = im.version(dist)
         except im.PackageNotFoundError:

@@ -42,8 +42,13 @@ OPTION_KEYS = (
     "onnx_exporter",
     "coreml_int8_mode",
     "parity_threads",
+    "tflite_converters",
+    "candidate_timing_rounds",
+    "candidate_timing_runs",
 )
-OPTION_DEFAULTS: dict[str, Any] = {k: ExportConfig.model_fields[k].default for k in OPTION_KEYS}
+OPTION_DEFAULTS: dict[str, Any] = {
+    k: ExportConfig.model_fields[k].get_default(call_default_factory=True) for k in OPTION_KEYS
+}
 
 
 def export_options(cfg) -> dict:
@@ -85,6 +90,11 @@ class ExportContext:
         self.source_sha256 = source_sha256
         self.options = {**OPTION_DEFAULTS, **(options or {})}
         self.cache: dict[str, Any] = {}
+        # Set by the export stage per artifact (export/api.py export_one): candidate file bytes -> parity record
+        # (export/parity.py figures + gate status on the test images). None: calibration agreement only.
+        self.parity_check: Optional[Callable[[bytes], dict]] = None
+        # Candidate latencies (export/candidates.py interleaved_latency); tests inject a deterministic one.
+        self.timer: Optional[Callable[..., dict]] = None
 
     # -- reference ---------------------------------------------------------------------------
     def torch_logits(self, x: np.ndarray, model: Optional[torch.nn.Module] = None) -> np.ndarray:

@@ -78,7 +78,7 @@ FORMATS: dict[str, FormatSpec] = {
             "fp32",
             "NHWC",
             ("onnx", "tensorflow", "onnx2tf", "ai_edge_litert"),
-            "onnx2tf -> TFLiteConverter, NHWC, batch 1",
+            "fastest passing of onnx2tf -> TFLiteConverter and litert-torch (export.tflite_converters), NHWC, batch 1",
             headline_rank=2,
         ),
         FormatSpec(
@@ -91,7 +91,7 @@ FORMATS: dict[str, FormatSpec] = {
             "fp16",
             "NHWC",
             ("onnx", "tensorflow", "onnx2tf", "ai_edge_litert"),
-            "fp16 weights, fp32 compute on CPU",
+            "fp16 weights, fp32 compute on CPU; fastest passing converter candidate like tflite",
             headline_rank=1,
         ),
         FormatSpec(

@@ -11,7 +11,10 @@ benchmarks/results/int8_latency.md). Rewriting
     hard_swish(x)   = relu6(x + 3) * (x * (1/6))     -> ADD(RELU6) + MUL + MUL, not matched as HARD_SWISH
 
 keeps every op inside one XNNPACK partition. For float artifacts hard-swish stays as it is (XNNPACK runs
-float HARD_SWISH fused); only hard-sigmoid is rewritten.
+float HARD_SWISH fused); only hard-sigmoid is rewritten, and the classifier's hard-swish (after a Linear) is
+computed on an (N, C, 1, 1) view (HardSwish4d): on the 2-D tensor onnx2tf writes x*relu6(x+3)/6 and the
+converter folds the +3 into a second copy of the preceding 576x1024 FULLY_CONNECTED (3 FCs + MUL instead of
+2 FCs + HARD_SWISH; found by counting ops against litert-torch's direct conversion, issue 16).
 
 The operand order of the last MUL matters for int8 accuracy, not only for pattern matching. On the ELPV
 full run's student (all-int8, 656 test images, agreement with the float student): native HARD_SWISH
@@ -38,6 +41,13 @@ class HardSwishUnfused(nn.Module):
         return F.relu6(x + 3.0) * (x * (1.0 / 6.0))
 
 
+class HardSwish4d(nn.Module):
+    """Float hard-swish after a Linear on an (N, C, 1, 1) view: stays one HARD_SWISH op (two free RESHAPEs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardswish(x.reshape(x.shape[0], -1, 1, 1)).flatten(1)
+
+
 class HardSwishUnfused4d(nn.Module):
     """Hard-swish after a Linear, computed on an (N, C, 1, 1) view: on the 2-D tensor the converter folds
     the +3 and the 1/6 into extra copies of the preceding FULLY_CONNECTED (3 instead of 2)."""
@@ -55,6 +65,9 @@ def _swap(module: nn.Module, hardswish: bool, in_classifier: bool = False) -> in
             n += 1
         elif hardswish and isinstance(child, nn.Hardswish):
             setattr(module, name, HardSwishUnfused4d() if in_classifier else HardSwishUnfused())
+            n += 1
+        elif in_classifier and isinstance(child, nn.Hardswish):
+            setattr(module, name, HardSwish4d())
             n += 1
         else:
             n += _swap(child, hardswish, in_classifier or name == "classifier")

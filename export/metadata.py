@@ -130,6 +130,12 @@ def embed_tflite_bytes(content: bytes, meta: dict) -> bytes:
     from ai_edge_litert import schema_py_generated as fb
 
     model = fb.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    for b in model.buffers or []:
+        # Buffers stored after the flatbuffer (offset/size: ai-edge-quantizer, litert-torch) would be lost by
+        # the repack below: inline them.
+        if (b.offset or 0) > 1 and b.size:
+            b.data = np.frombuffer(content[b.offset : b.offset + b.size], dtype=np.uint8)
+            b.offset, b.size = 0, 0
     blob = json.dumps(embedded(meta), sort_keys=True).encode()
     entries = [m for m in (model.metadata or []) if _name(m.name) != META_KEY]
     buf = fb.BufferT()

@@ -47,13 +47,75 @@ def parity_metrics(ref: np.ndarray, got: np.ndarray, labels: Optional[np.ndarray
         acc_ref = float((ref.argmax(1) == labels).mean())
         acc = float((got.argmax(1) == labels).mean())
         out.update(accuracy=acc, student_accuracy=acc_ref, accuracy_drop_points=round((acc_ref - acc) * 100, 4))
+        # per class (index = class id, the manifest's `labels` order): the per-class recall gate's figures
+        k = ref.shape[1]
+        out["class_support"] = np.bincount(labels, minlength=k)[:k].astype(int).tolist()
+        out["per_class_recall"] = class_recall(got.argmax(1), labels, k)
+        out["student_per_class_recall"] = class_recall(ref.argmax(1), labels, k)
     else:
         out.update(accuracy=None, student_accuracy=None, accuracy_drop_points=None)
     return out
 
 
+def class_recall_gate(max_drop_points: Optional[float], labels: list[str]) -> dict:
+    """The per-class recall part of an artifact's gate (merged into export.formats.gate_for's dict)."""
+    if max_drop_points is None:
+        return {}
+    return {"max_class_recall_drop_points": float(max_drop_points), "class_labels": list(labels)}
+
+
+def class_recall(pred: np.ndarray, labels: np.ndarray, k: int) -> list[Optional[float]]:
+    """Recall of each class 0..k-1 (None for a class without images)."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    out: list[Optional[float]] = []
+    for c in range(k):
+        m = labels == c
+        out.append(float((pred[m] == c).mean()) if m.any() else None)
+    return out
+
+
+def class_recall_drops(metrics: dict) -> list[dict]:
+    """Per class with images: recall of the student and of the artifact, the drop in points and in images,
+    worst first. Empty when the parity record has no per-class figures."""
+    rs, ra, n = (metrics.get(k) for k in ("student_per_class_recall", "per_class_recall", "class_support"))
+    if not (rs and ra and n):
+        return []
+    rows = []
+    for c, (s, a, support) in enumerate(zip(rs, ra, n)):
+        if s is None or a is None or not support:
+            continue
+        rows.append(
+            {
+                "class_index": c,
+                "student_recall": s,
+                "artifact_recall": a,
+                "drop_points": round((s - a) * 100, 4),
+                "images_lost": int(round((s - a) * support)),
+                "support": int(support),
+            }
+        )
+    return sorted(rows, key=lambda r: (-r["drop_points"], r["class_index"]))
+
+
+def class_recall_failures(metrics: dict, limit_points: float, labels: Optional[list] = None) -> list[str]:
+    """Why the artifact misses the per-class recall gate: a class whose recall fell by more than
+    `limit_points` points AND by more than one image of that class (one flipped image is noise on a small
+    class, not an erased one). Names the class (from `labels` when given)."""
+    why = []
+    for r in class_recall_drops(metrics):
+        if r["drop_points"] > limit_points and r["images_lost"] > 1:
+            c = r["class_index"]
+            name = labels[c] if labels and c < len(labels) else f"class {c}"
+            why.append(
+                f"class {name!r} recall {r['student_recall'] * 100:.1f}% -> {r['artifact_recall'] * 100:.1f}% "
+                f"({r['images_lost']} of {r['support']} images lost, -{r['drop_points']:.1f} points > {limit_points:g})"
+            )
+    return why
+
+
 def apply_gate(metrics: dict, gate: dict) -> tuple[str, list[str]]:
-    """('passed'|'failed', reasons) for metrics against {'min_agreement', 'max_accuracy_drop_points'}."""
+    """('passed'|'failed', reasons) for metrics against {'min_agreement', 'max_accuracy_drop_points',
+    'max_class_recall_drop_points' (with 'class_labels' to name the class)}."""
     why = []
     if not metrics.get("finite", True):
         why.append("non-finite logits")
@@ -64,6 +126,9 @@ def apply_gate(metrics: dict, gate: dict) -> tuple[str, list[str]]:
     drop = metrics.get("accuracy_drop_points")
     if md is not None and drop is not None and drop > md:
         why.append(f"accuracy drop {drop:.2f} points > {md:g}")
+    mc = gate.get("max_class_recall_drop_points")  # gate.max_class_recall_drop (pipeline/config.py GateConfig)
+    if mc is not None:
+        why += class_recall_failures(metrics, float(mc), gate.get("class_labels"))
     return ("failed" if why else "passed"), why
 
 

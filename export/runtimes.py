@@ -127,12 +127,50 @@ def _fixed_batch(dim: Any) -> Optional[int]:
 # onnxruntime
 
 
+# THE onnxruntime session settings (recorded in every runner's info and in the bench report): all graph
+# optimizations (constant folding, Conv+activation fusion, NCHWc layout for the CPU kernels), one stream of
+# ops, and worker threads that sleep instead of spinning between ops: with 2 threads on a shared 2-core CPU,
+# spinning made the batch-1 student slower (interleaved, benchmarks/results/converter-choice.md; with 1 thread
+# there are no worker threads to spin). The CPU provider is the only local one the installed wheel offers
+# (the others, e.g. Azure, are remote).
+ORT_SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
+ORT_PROVIDERS = ["CPUExecutionProvider"]
+
+
+def runtime_options() -> dict:
+    """How the runtime layer sets up each runtime (for the bench report)."""
+    out: dict[str, Any] = {
+        "onnxruntime": {
+            "providers": list(ORT_PROVIDERS),
+            "graph_optimization_level": "ORT_ENABLE_ALL",
+            "execution_mode": "ORT_SEQUENTIAL",
+            "intra_op_num_threads": "the profile's threads",
+            "inter_op_num_threads": 1,
+            "session_config": dict(ORT_SESSION_CONFIG),
+        },
+        "litert": {"delegate": "XNNPACK (default)", "num_threads": "the profile's threads"},
+    }
+    try:
+        import onnxruntime as ort
+
+        out["onnxruntime"]["available_providers"] = list(ort.get_available_providers())
+    except ImportError:
+        pass
+    return out
+
+
 class OnnxRunner(Runner):
     """onnxruntime CPU session; `model` a path, the file's bytes or an onnx.ModelProto."""
 
     kind = "onnx"
 
-    def __init__(self, model: ModelSource, threads: int, layout: Optional[str] = None):
+    def __init__(
+        self,
+        model: ModelSource,
+        threads: int,
+        layout: Optional[str] = None,
+        session_config: Optional[dict[str, str]] = None,
+    ):
         super().__init__()
         import onnxruntime as ort
 
@@ -142,10 +180,13 @@ class OnnxRunner(Runner):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        config = dict(ORT_SESSION_CONFIG if session_config is None else session_config)
+        for k, v in config.items():
+            so.add_session_config_entry(k, v)
         if hasattr(model, "SerializeToString"):  # an in-memory onnx.ModelProto
             model = model.SerializeToString()
         src = model if isinstance(model, bytes) else str(model)
-        self.sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(src, so, providers=ORT_PROVIDERS)
         inp = self.sess.get_inputs()[0]
         self.input_name = inp.name
         self.layout = layout or auto_layout(inp.shape)
@@ -162,6 +203,10 @@ class OnnxRunner(Runner):
             "layout": self.layout,
             "input_type": inp.type,
             "intra_op_num_threads": max(1, int(threads)),
+            "graph_optimization_level": "ORT_ENABLE_ALL",
+            "execution_mode": "ORT_SEQUENTIAL",
+            "providers": list(self.sess.get_providers()),
+            "session_config": config,
         }
 
     def prepare(self, x: np.ndarray) -> Any:

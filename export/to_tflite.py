@@ -1,8 +1,8 @@
 """TFLite: onnx2tf -> SavedModel -> TFLiteConverter, NHWC, batch 1, builtin ops only.
 
 The SavedModels (float graph, int8 graph of the int8 source model) are built once per export run and
-cached in ctx.cache. The full-integer export reuses the ONNX int8 plan (export/to_onnx.py) to keep the
-same layers float.
+cached in ctx.cache. The full-integer export takes the ONNX int8 plan's candidate float layers
+(export/to_onnx.py) and keeps the prefix of them that does best on TFLite's own output (possibly none).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import contextlib
 import copy
 import importlib
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -142,19 +143,169 @@ def write_tflite(content: bytes, out: Path, meta: dict) -> None:
 
 
 def tflite_fp32(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
-    write_tflite(tflite_convert(ctx, False, lambda c: None), out, meta)
-    return {"converter": "onnx2tf -> tf.lite.TFLiteConverter", "graph": "hard-sigmoid as relu6(x+3)/6"}
+    return ship_fastest(ctx, spec, out, meta, "fp32")
 
 
 def tflite_fp16(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
+    return ship_fastest(ctx, spec, out, meta, "fp16")
+
+
+# ----------------------------------------------------------------------------------------------
+# float candidates: converter choice by measurement (export/candidates.py)
+
+
+def onnx2tf_float(ctx: ExportContext, precision: str) -> bytes:
+    """onnx2tf SavedModel -> TFLiteConverter; fp16: float16 weights (DEQUANTIZE to float32 at load)."""
+    if precision == "fp32":
+        return tflite_convert(ctx, False, lambda c: None)
     import tensorflow as tf
 
     def cfg(c):
         c.optimizations = [tf.lite.Optimize.DEFAULT]
         c.target_spec.supported_types = [tf.float16]
 
-    write_tflite(tflite_convert(ctx, False, cfg), out, meta)
-    return {"converter": "onnx2tf -> tf.lite.TFLiteConverter (float16 weights)"}
+    return tflite_convert(ctx, False, cfg)
+
+
+def litert_torch_float(ctx: ExportContext, precision: str) -> bytes:
+    """litert-torch straight from PyTorch (torch.export -> LiteRT), the same XNNPACK-friendly graph as onnx2tf's,
+    with channel-last I/O (litert_torch.to_channel_last_io) so the file keeps the NHWC [1, H, W, 3] input
+    contract; fp16: ai-edge-quantizer float casting of the fp32 file's conv/fc weights (float compute)."""
+    key = "litert_torch_fp32"
+    if key not in ctx.cache:
+        tf_quiet()
+        litert_torch = importlib.import_module("litert_torch")
+        graph = litert_torch.to_channel_last_io(xnnpack_friendly(ctx.model, int8=False), args=[0]).eval()
+        sample = torch.from_numpy(ctx.calib_nhwc[:1].copy())
+        path = ctx.work / "litert_torch_fp32.tflite"
+        with quiet_stdout():
+            litert_torch.convert(graph, (sample,)).export(str(path))
+        ctx.cache[key] = path.read_bytes()
+    if precision == "fp32":
+        return ctx.cache[key]
+    from ai_edge_quantizer import qtyping, quantizer
+
+    q = quantizer.Quantizer(ctx.cache[key])
+    q.update_quantization_recipe(
+        regex=".*",
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        algorithm_key="float_casting",
+        op_config=qtyping.OpQuantizationConfig(
+            weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+            compute_precision=qtyping.ComputePrecision.FLOAT,
+            explicit_dequantize=True,
+        ),
+    )
+    with quiet_stdout():
+        return bytes(q.quantize().quantized_model)
+
+
+# converter name (ExportConfig.tflite_converters) -> (builder(ctx, precision) -> flatbuffer, modules it needs,
+# what the manifest calls it)
+FLOAT_CANDIDATES: dict[str, tuple[Callable[[ExportContext, str], bytes], tuple[str, ...], str]] = {
+    "onnx2tf": (onnx2tf_float, ("onnx", "tensorflow", "onnx2tf"), "onnx2tf -> tf.lite.TFLiteConverter"),
+    "litert-torch": (
+        litert_torch_float,
+        ("litert_torch", "ai_edge_quantizer"),
+        "litert-torch (PyTorch -> LiteRT, channel-last I/O)",
+    ),
+}
+FP16_SUFFIX = " (float16 weights)"
+
+
+def calibration_parity(ctx: ExportContext, spec, content: bytes) -> dict:
+    """Parity of a candidate when the export stage gave no test-image check: the calibration images, the
+    artifact's default gate."""
+    from edgekd.export.formats import gate_for
+    from edgekd.export.parity import apply_gate, parity_metrics
+
+    par = parity_metrics(ctx.calib_logits, TfliteRunner(content, ctx.threads)(ctx.calib))
+    status, why = apply_gate(par, gate_for(spec))
+    par.update(status=status, on="calibration images")
+    if why:
+        par["failed"] = why
+    return par
+
+
+def ship_fastest(
+    ctx: ExportContext, spec, out: Path, meta: dict, precision: str, timer: Optional[Callable[..., dict]] = None
+) -> dict:
+    """Build every configured candidate (ctx.options["tflite_converters"]), check each with the artifact's
+    parity check (ctx.parity_check), time the ones built (interleaved, export/candidates.py) and write the
+    fastest that passed to `out`. None passed: the first one built is written (its parity gate then fails
+    the artifact with the reason)."""
+    from edgekd.export import candidates as cands_mod
+    from edgekd.export.formats import module_available
+
+    names = list(ctx.options.get("tflite_converters") or ["onnx2tf"])
+    check = ctx.parity_check or (lambda content: calibration_parity(ctx, spec, content))
+    want = [1, ctx.size, ctx.size, 3]  # the NHWC contract of every TFLite artifact (model.json, Android app)
+    records: list[dict] = []
+    built: dict[str, bytes] = {}
+    for name in names:
+        rec: dict[str, Any] = {"converter": name, "status": "failed", "reason": None, "latency_ms": None}
+        records.append(rec)
+        if name not in FLOAT_CANDIDATES:
+            rec["reason"] = f"unknown converter {name!r} (known: {', '.join(FLOAT_CANDIDATES)})"
+            continue
+        build, needs, _ = FLOAT_CANDIDATES[name]
+        missing = [m for m in needs if not module_available(m)]
+        if missing:
+            rec.update(status="skipped", reason=f"not installed: {', '.join(missing)}")
+            continue
+        t0 = time.time()
+        try:
+            content = build(ctx, precision)
+            shape = [int(v) for v in tflite_interpreter(content, 1, delegates=False).get_input_details()[0]["shape"]]
+        except Exception as e:
+            rec["reason"] = f"conversion failed: {type(e).__name__}: {first_line(e)}"
+            log(f"export: {spec.name} candidate {name}: {rec['reason']}")
+            continue
+        rec.update(convert_seconds=round(time.time() - t0, 2), size_bytes=len(content), input_shape=shape)
+        rec["ops"] = cands_mod.op_counts(content)
+        if shape != want:
+            rec["reason"] = f"input shape {shape} is not the NHWC contract {want}"
+            continue
+        built[name] = content
+        par = check(content)
+        rec["parity"] = cands_mod.parity_summary(par)
+        rec["status"] = "passed" if par.get("status") == "passed" else "failed"
+        if rec["status"] != "passed":
+            rec["reason"] = "parity gate missed: " + "; ".join(par.get("failed") or [str(par.get("status"))])
+    if not built:
+        raise EdgekdError(
+            f"no TFLite {precision} candidate could be built: "
+            + "; ".join(f"{r['converter']}: {r['reason']}" for r in records)
+        )
+    timing = None
+    if len(built) > 1 and any(r["status"] == "passed" for r in records):
+        timer = timer or ctx.timer or cands_mod.interleaved_latency
+        timing = timer(
+            built,
+            x=ctx.calib[:1],
+            threads=ctx.threads,
+            rounds=int(ctx.options.get("candidate_timing_rounds") or 40),
+            runs=int(ctx.options.get("candidate_timing_runs") or 20),
+        )
+        for r in records:
+            if r["converter"] in timing:
+                r["latency_ms"] = timing[r["converter"]]["median_ms"]
+                r["latency"] = timing[r["converter"]]
+    choice = cands_mod.choose(records)
+    shipped = choice["chosen"] or next(iter(built))
+    choice["shipped"] = shipped
+    choice["timed_on"] = (
+        f"LiteRT interpreter + XNNPACK, {ctx.threads} thread(s), batch 1, {next(iter(timing.values()))['rounds']} "
+        f"interleaved rounds of {next(iter(timing.values()))['runs_per_round']} runs, median of rounds"
+        if timing
+        else None
+    )
+    log(f"export: {spec.name}: {choice['why']}")
+    write_tflite(built[shipped], out, meta)
+    label = FLOAT_CANDIDATES[shipped][2] + (FP16_SUFFIX if precision == "fp16" else "")
+    info: dict[str, Any] = {"converter": label, "candidates": records, "choice": choice}
+    info["graph"] = "hard-sigmoid as relu6(x+3)/6, classifier hard-swish on an (N, C, 1, 1) view"
+    return info
 
 
 def tflite_dynamic(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
@@ -228,15 +379,31 @@ def full_int8_settings(ctx: ExportContext) -> Callable[[Any], None]:
 
 def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
     """Full-integer: int8 weights (per-channel) and activations, float32 input/output (QUANTIZE/DEQUANTIZE
-    at the ends, run by XNNPACK), on the XNNPACK-friendly graph (export/graph.py). The layers int8_plan keeps
-    float (chosen on the ONNX graph by calibration logit MSE) are matched to the TFLite ops by execution
-    order and weight shape and kept float with the TFLite quantization debugger's denylist."""
+    at the ends, run by XNNPACK), on the XNNPACK-friendly graph (export/graph.py).
+
+    Which layers stay float is decided on TFLite's own output: int8_plan proposes layers in its greedy order
+    (chosen on the ONNX graph, whose kernels round differently); they are matched to the TFLite ops by
+    execution order and weight shape, and every prefix of that order (all-int8 included) is quantized with
+    the TFLite quantization debugger's denylist and run in the LiteRT interpreter on the calibration images.
+    The set with the best agreement with the student wins (ties: lower logit MSE, then fewer float layers),
+    so all-int8 is kept whenever the ONNX choice does not help on TFLite."""
     import tensorflow as tf
+
+    from edgekd.export.context import logit_mse
 
     rep = representative(ctx)  # also the quantization debugger's dataset below
     cfg = full_int8_settings(ctx)
     content = tflite_convert(ctx, True, cfg)
-    full_agree = agreement(TfliteRunner(content, ctx.threads)(ctx.calib), ctx.calib_logits)
+    full_logits = TfliteRunner(content, ctx.threads)(ctx.calib)
+    full_agree = agreement(full_logits, ctx.calib_logits)
+    tried = [
+        {
+            "kept_float": 0,
+            "calibration_agreement": round(full_agree, 4),
+            "calibration_mse": round(logit_mse(full_logits, ctx.calib_logits), 6),
+        }
+    ]
+    best = (full_agree, -logit_mse(full_logits, ctx.calib_logits), 0)
     kept, note = [], None
     plan = int8_plan(ctx) if ctx.options["int8_max_float_layers"] else None
     if plan and plan["kept_float"]:
@@ -248,24 +415,32 @@ def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
                 "compute ops); all layers int8"
             )
         else:
-            names = [ops[i]["name"] for i in plan["kept_float_index"]]
+            order = plan["kept_float_index"]
             try:
                 sm = saved_model(ctx, int8=True)
                 conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
                 conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
                 cfg(conv)
-                opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names)
-                with quiet_stdout():
+                opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=[ops[order[0]]["name"]])
+                with quiet_stdout():  # calibrates once; each denylist below is only a re-quantization
                     dbg = tf.lite.experimental.QuantizationDebugger(
                         converter=conv, debug_dataset=rep, debug_options=opts
                     )
-                    mixed = dbg.get_nondebug_quantized_model()
-                content = mixed
-                kept = [
-                    f"{ops[i]['op']} #{i} ({plan['kept_float'][k]})" for k, i in enumerate(plan["kept_float_index"])
-                ]
+                for n in range(1, len(order) + 1):
+                    dbg.options.denylisted_nodes = [ops[i]["name"] for i in order[:n]]
+                    with quiet_stdout():
+                        mixed = dbg.get_nondebug_quantized_model()
+                    lg = TfliteRunner(mixed, ctx.threads)(ctx.calib)
+                    a, m = agreement(lg, ctx.calib_logits), logit_mse(lg, ctx.calib_logits)
+                    tried.append(
+                        {"kept_float": n, "calibration_agreement": round(a, 4), "calibration_mse": round(m, 6)}
+                    )
+                    if (a, -m, -n) > (best[0], best[1], -best[2]):
+                        best, content = (a, -m, n), mixed
+                kept = [f"{ops[i]['op']} #{i} ({plan['kept_float'][k]})" for k, i in enumerate(order[: best[2]])]
             except Exception as e:
                 note = f"selective quantization failed ({first_line(e)}); all layers int8"
+                content = tflite_convert(ctx, True, cfg)
     agree = agreement(TfliteRunner(content, ctx.threads)(ctx.calib), ctx.calib_logits)
     write_tflite(content, out, meta)
     q = {
@@ -278,6 +453,11 @@ def tflite_int8(ctx: ExportContext, spec, out: Path, meta: dict) -> dict:
         "allowed_float_compute_ops": len(kept),
         "calibration_agreement": round(agree, 4),
         "calibration_agreement_all_int8": round(full_agree, 4),
+        "float_layer_choice": {
+            "decided_on": f"LiteRT interpreter, {len(ctx.calib)} calibration images (agreement with the student)",
+            "candidates": tried,
+            "kept": len(kept),
+        },
     }
     if note:
         q["note"] = note

@@ -27,6 +27,7 @@ from edgekd.pipeline.rundir import RunDir, atomic_write_json, read_json
 
 ELPV_CLASSES = ["defect_0", "defect_1_3", "defect_2_3", "defect_1"]
 SPLITS = ("train", "val", "test")
+UNLABELED = "unlabeled"  # split of data.unlabeled images (label -1); not part of the labelled data's fingerprint
 
 
 @dataclass
@@ -51,6 +52,19 @@ class DataSplit:
 
     def labels(self, split: str) -> np.ndarray:
         return np.array([it.label for it in self.subset(split)], dtype=np.int64)
+
+    @property
+    def unlabeled_fingerprint(self) -> str:
+        """Identity of the data.unlabeled images ('' without them): the KD student and its soft labels depend on
+        it; the teacher and the baseline do not."""
+        from edgekd.pipeline.rundir import fingerprint
+
+        extra = self.subset(UNLABELED)
+        return fingerprint([(it.key, it.sha256) for it in extra]) if extra else ""
+
+    def kd_pool(self) -> list[Item]:
+        """What the distilled student trains on: the training split, then the unlabelled images."""
+        return self.subset("train") + self.subset(UNLABELED)
 
 
 # ----------------------------------------------------------------------------------------
@@ -233,14 +247,53 @@ def prepare_data(cfg: DataConfig, run: RunDir) -> DataSplit:
     }
     from edgekd.pipeline.rundir import fingerprint
 
-    split = DataSplit(source=source, classes=classes, items=good, report=report)
-    split.fingerprint = fingerprint([(it.key, it.sha256, it.label, it.split) for it in good], classes)
+    fp = fingerprint([(it.key, it.sha256, it.label, it.split) for it in good], classes)
+    if cfg.unlabeled:
+        extra, report["unlabeled"] = _unlabeled_items(Path(cfg.unlabeled).expanduser(), good, cfg.max_pixels)
+        good = good + extra
+    split = DataSplit(source=source, classes=classes, items=good, report=report, fingerprint=fp)
     atomic_write_json(
         run.split_json,
         {"source": source, "classes": classes, "fingerprint": split.fingerprint, "items": [asdict(it) for it in good]},
     )
     atomic_write_json(run.data_report, report)
     return split
+
+
+def _unlabeled_items(root: Path, labelled: list[Item], max_pixels: int) -> tuple[list[Item], dict]:
+    """Every readable image under `root` (recursively) as an unlabelled item. Files that are not images are
+    skipped and counted; an image identical (by content hash) to a labelled one is dropped, so no test or
+    validation image can reach the student through the teacher's labels."""
+    if not root.is_dir():
+        raise EdgekdError(f"data.unlabeled: folder not found: {root}")
+    files = sorted(
+        f for f in root.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts)
+    )
+    by_hash = {it.sha256: it.split for it in labelled}
+    items, skipped, overlap = [], [], {s: 0 for s in SPLITS}
+    for f in progress(files, desc="validate unlabeled", unit="img"):
+        problem, digest = check_image(str(f), max_pixels)
+        if problem:
+            skipped.append({"file": str(f.relative_to(root)), "problem": problem})
+        elif digest in by_hash:
+            overlap[by_hash[digest]] += 1
+        else:
+            by_hash[digest] = UNLABELED
+            items.append(
+                Item(key=f"{UNLABELED}/{f.relative_to(root)}", path=str(f), label=-1, split=UNLABELED, sha256=digest)
+            )
+    if not items:
+        raise EdgekdError(
+            f"data.unlabeled: no usable images in {root} ({len(files)} file(s), {len(skipped)} unreadable)"
+        )
+    rep = {
+        "source": str(root),
+        "num_images": len(items),
+        "skipped": skipped,
+        # identical to a labelled image: removed (the test split's count must read 0 reaching the student)
+        "removed_identical_to": overlap,
+    }
+    return items, rep
 
 
 def load_split(run: RunDir) -> DataSplit:
@@ -260,15 +313,13 @@ def load_split(run: RunDir) -> DataSplit:
 # tensors
 
 
-def decode_resized(items: list[Item], size: int, desc: str = "decode") -> torch.Tensor:
-    """N x 3 x size x size float32 (0..255) through the preprocessing contract's resize."""
-    out = torch.empty((len(items), 3, size, size), dtype=torch.float32)
-    for i, it in enumerate(progress(items, desc=desc, unit="img")):
-        out[i] = preprocess.resize_rgb(preprocess.load_rgb(it.path), size, size)[0]
+def decode_resized(
+    items: list[Item], size: int, desc: Optional[str] = "decode", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """N x 3 x size x size (0..255) through the preprocessing contract's resize; float32, or uint8 (rounded)
+    written image by image, so a uint8 split never exists as float32 in memory."""
+    out = torch.empty((len(items), 3, size, size), dtype=dtype)
+    for i, it in enumerate(progress(items, desc=desc, unit="img") if desc else items):
+        img = preprocess.resize_rgb(preprocess.load_rgb(it.path), size, size)[0]
+        out[i] = img if dtype.is_floating_point else img.round_().clamp_(0, 255).to(dtype)
     return out
-
-
-def train_cache(items: list[Item], image_size: int) -> torch.Tensor:
-    """uint8 images a little larger than the input size, for random-resized-crop augmentation."""
-    big = int(round(image_size / 0.875))
-    return decode_resized(items, big, desc="load train").round_().clamp_(0, 255).to(torch.uint8)

@@ -51,6 +51,15 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
+    """Average tensors in place over the ranks (no-op alone): for parameters that live outside DDP."""
+    if world_size() == 1:
+        return
+    for t in tensors:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t.div_(world_size())
+
+
 def broadcast_object(obj):
     if world_size() == 1:
         return obj
@@ -60,11 +69,15 @@ def broadcast_object(obj):
 
 
 def launch(module: str, argv: list[str], nproc: int) -> int:
-    """Re-run `python -m module argv...` (the command line that called this) under torchrun, `nproc` processes."""
+    """Re-run `python -m module argv...` (the command line that called this) under torchrun, `nproc` processes.
+
+    torchrun runs inside `python -m edgekd.pipeline.distributed` (torchrun_quietly below): a rank that ends
+    with edgekd's own exit code (2 bad input, 3 gate failed, 130 interrupted) has printed its one line, and
+    torchrun's ChildFailedError traceback would only bury it."""
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "edgekd.pipeline.distributed",
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
@@ -75,3 +88,33 @@ def launch(module: str, argv: list[str], nproc: int) -> int:
     # Each rank gets its share of the cores instead of all of them (oversubscription is slow).
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.call(cmd, env=env)
+
+
+EDGEKD_EXIT_CODES = (2, 3, 130)
+
+
+def torchrun_quietly(argv: list[str]) -> int:
+    """torch.distributed.run with the ranks' exit code as its own and no traceback for a rank that exited
+    with an edgekd exit code (anything else, e.g. a crash, keeps torchrun's full report)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(argv)
+    # torchrun's agent logs each failed rank ("failed (exitcode: 3) local_rank: 0 ..."); the rank said why
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(args)
+    except ChildFailedError as e:
+        codes = sorted({int(f.exitcode) for f in e.failures.values()})
+        ours = [c for c in codes if c in EDGEKD_EXIT_CODES]
+        if ours and all(c in EDGEKD_EXIT_CODES or c < 0 for c in codes):  # the rest: stopped by torchrun
+            return max(ours, key=EDGEKD_EXIT_CODES.index)  # 130 over 3 over 2
+        print(str(e), file=sys.stderr)  # a crash, not an edgekd answer: torchrun's full report
+        return codes[-1] if codes and codes[-1] > 0 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun_quietly(sys.argv[1:]))

@@ -8,12 +8,18 @@ import torch.nn.functional as F
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """CE for int labels or probability targets (mixup)."""
+    """CE for int labels or probability targets (mixup), averaged over the labelled rows: label -1 (or an
+    all-zero target row) marks an unlabelled image (data.unlabeled), which the hard-label term skips."""
     if target.dtype in (torch.int64, torch.int32):
-        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        if not (target >= 0).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing, ignore_index=-1)
+    labelled = target.sum(1) > 0.5
+    if not labelled.any():
+        return logits.sum() * 0.0
     if label_smoothing:
         target = target * (1 - label_smoothing) + label_smoothing / logits.shape[1]
-    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    return -(target * F.log_softmax(logits, dim=1)).sum(1)[labelled].mean()
 
 
 def kd_loss(

@@ -169,10 +169,47 @@ def _torchvision(arch: str, weights_name: Optional[str]) -> nn.Module:
         ) from None
 
 
+ENSEMBLE_PREFIX = "ensemble:"
+
+
+class TeacherEnsemble(nn.Module):
+    """Several teachers as one: their logits averaged (Hinton et al. 2015 distil an ensemble), each optionally
+    over the horizontal and vertical flips of the input (test-time augmentation). One module, so training,
+    evaluation, ONNX export and the benchmark treat it as the one teacher it is (all members, every flip)."""
+
+    def __init__(self, members: list[nn.Module], flips: bool = False):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.flips = flips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = [x, x.flip(3), x.flip(2), x.flip(2).flip(3)] if self.flips else [x]
+        outs = [m(v) for m in self.members for v in views]
+        return torch.stack(outs).mean(0)
+
+
+def ensemble_arch(archs: list[str], flips: bool) -> str:
+    """The arch string of an ensemble teacher ('ensemble:a+b', '+flips' with test-time flips)."""
+    return ENSEMBLE_PREFIX + "+".join(archs) + ("|flips" if flips else "")
+
+
+def parse_ensemble_arch(arch: str) -> tuple[list[str], bool]:
+    body = arch[len(ENSEMBLE_PREFIX) :]
+    flips = body.endswith("|flips")
+    return body.removesuffix("|flips").split("+"), flips
+
+
 def build_teacher(
     arch: str, weights: Optional[str], num_classes: int, image_size: int
 ) -> tuple[nn.Module, TeacherInfo]:
-    """A teacher with a `num_classes` head. Weights: 'imagenet', a local file, a torchvision weights name, or None."""
+    """A teacher with a `num_classes` head. Weights: 'imagenet', a local file, a torchvision weights name, or None.
+    An 'ensemble:a+b[|flips]' arch (written by the teacher stage) loads as a TeacherEnsemble from its one file."""
+    if arch.startswith(ENSEMBLE_PREFIX):
+        archs, flips = parse_ensemble_arch(arch)
+        model = TeacherEnsemble([build_teacher(a, None, num_classes, image_size)[0] for a in archs], flips)
+        if weights is not None:
+            model.load_state_dict(load_state_dict_file(weights))
+        return model, TeacherInfo(arch, str(weights or "random-init"), has_head=weights is not None)
     local = weights is not None and (
         Path(weights).expanduser().suffix in (".safetensors", ".pt", ".pth", ".bin")
         or Path(weights).expanduser().exists()

@@ -15,34 +15,66 @@ import torch.nn as nn
 from edgekd.pipeline import __version__, preprocess
 from edgekd.pipeline import distributed as dist_
 from edgekd.pipeline.config import Config
-from edgekd.pipeline.data import DataSplit, decode_resized, load_split, prepare_data, train_cache
+from edgekd.pipeline.coverage import coverage_report
+from edgekd.pipeline.data import UNLABELED, DataSplit, decode_resized, load_split, prepare_data
 from edgekd.pipeline.errors import EdgekdError, GateFailed
 from edgekd.pipeline.evaluate import accuracy_gap_gate, classification_metrics, collapse_gate, kd_advice
+from edgekd.pipeline.imagestore import cache_directory, open_store
 from edgekd.pipeline.models import (
     OnnxTeacher,
+    TeacherEnsemble,
     build_student,
     build_teacher,
     classifier_of,
     count_params,
+    ensemble_arch,
     feature_blocks,
     load_state_dict_file,
     save_state_dict,
 )
-from edgekd.pipeline.progress import log
+from edgekd.pipeline.progress import log, progress
 from edgekd.pipeline.report import write_core_report
 from edgekd.pipeline.rundir import RunDir, atomic_path, atomic_write_json, fingerprint, read_json, sha256_file
 from edgekd.pipeline.train import TrainData, TrainSpec, predict_logits, train_model
 from edgekd.pipeline.verdict import kd_verdict
+from edgekd.pipeline.views import (
+    CachedViews,
+    chunk_complete,
+    chunk_path,
+    draw_views,
+    read_soft_labels,
+    render,
+    write_chunk,
+)
+from edgekd.pipeline.views import chunks_of as view_chunks
 
 STUDENT_KINDS = ("student", "baseline")
 
 
 def resolve_device(name: str) -> torch.device:
+    """train.device -> a device this machine has; EdgekdError (exit 2) naming the fix otherwise."""
+    name = str(name).strip().lower()
     if name == "auto":
         return dist_.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EdgekdError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu")
-    return dist_.local_device(torch.device(name))
+    hint = "use train.device=auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N"
+    if name == "gpu":
+        raise EdgekdError(f"train.device=gpu is not a PyTorch device name; {hint}")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise EdgekdError(f"train.device={name} is not a device PyTorch knows; {hint}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise EdgekdError(f"train.device={name}: edgekd trains on CPUs and CUDA GPUs only; {hint}")
+    if not torch.cuda.is_available():
+        raise EdgekdError(f"train.device={name} but no CUDA GPU is visible; use train.device=cpu (or auto)")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise EdgekdError(
+            f"train.device={name} but this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); {hint}"
+        )
+    return dist_.local_device(dev)
 
 
 # ----------------------------------------------------------------------------------------
@@ -63,15 +95,32 @@ def eval_tensor(run: RunDir, data: DataSplit, cfg: Config, split: str) -> torch.
 
 
 @lru_cache(maxsize=2)
-def _train_images(run_root: str, split_fp: str, size: int) -> torch.Tensor:
-    return train_cache(load_split(RunDir(run_root)).subset("train"), size)
+def _train_images(
+    run_root: str, split_fp: str, size: int, unlabeled_fp: str = "", mode: str = "ram", cache_dir: Optional[str] = None
+):
+    data = load_split(RunDir(run_root))
+    items = data.kd_pool() if unlabeled_fp else data.subset("train")
+    return open_store(items, size, mode, cache_directory(Path(run_root), cache_dir))
 
 
-def train_data(run: RunDir, data: DataSplit, cfg: Config, teacher_logits: Optional[torch.Tensor] = None) -> TrainData:
+def train_data(
+    run: RunDir,
+    data: DataSplit,
+    cfg: Config,
+    teacher_logits: Optional[torch.Tensor] = None,
+    views: Optional[CachedViews] = None,
+    unlabeled: bool = False,
+) -> TrainData:
+    """The training split as uint8 images (+ validation tensors); with `unlabeled`, the data.unlabeled images
+    follow it with label -1 (the KD student's pool, `DataSplit.kd_pool`)."""
     has_val = bool(data.subset("val"))
+    ufp = data.unlabeled_fingerprint if unlabeled else ""
+    labels = [it.label for it in (data.kd_pool() if ufp else data.subset("train"))]
     return TrainData(
-        images=_train_images(str(run.root), data.fingerprint, cfg.data.image_size),
-        labels=torch.from_numpy(data.labels("train")),
+        images=_train_images(
+            str(run.root), data.fingerprint, cfg.data.image_size, ufp, cfg.data.cache, cfg.data.cache_dir
+        ),
+        labels=torch.tensor(labels, dtype=torch.int64),
         image_size=cfg.data.image_size,
         mean=tuple(cfg.data.mean),
         std=tuple(cfg.data.std),
@@ -79,6 +128,7 @@ def train_data(run: RunDir, data: DataSplit, cfg: Config, teacher_logits: Option
         val_y=torch.from_numpy(data.labels("val")) if has_val else None,
         teacher_logits=teacher_logits,
         num_classes=len(data.classes),
+        views=views,
     )
 
 
@@ -150,9 +200,11 @@ def _teacher_fp(cfg: Config, data: DataSplit) -> str:
     src = sha256_file(Path(t.onnx).expanduser()) if t.onnx and Path(t.onnx).expanduser().is_file() else t.onnx
     wfile = Path(t.weights).expanduser() if t.weights else None
     wsig = sha256_file(wfile) if wfile is not None and wfile.is_file() else t.weights
+    # a single teacher without flips keeps the identity it had before ensembles existed (no retraining on upgrade)
+    tdump = t.model_dump(mode="json", exclude=set() if (t.ensemble or t.tta_flips) else {"ensemble", "tta_flips"})
     return fingerprint(
         "teacher",
-        t.model_dump(mode="json"),
+        tdump,
         src,
         wsig,
         data.fingerprint,
@@ -205,25 +257,85 @@ def stage_teacher(cfg: Config, run: RunDir, data: DataSplit, resume: bool = Fals
             run.mark_stage("teacher", fp, time.time() - t0)
         dist_.barrier()
         return meta
-    torch.manual_seed(cfg.train.seed)  # a new classifier head is initialised here: same head every run
-    model, info = build_teacher(t.arch, t.weights, k, cfg.data.image_size)
+    members = list(t.ensemble) or [t.arch]
+    if len(members) == 1 and not t.tta_flips:
+        model, info, finetune, history = _fit_teacher(cfg, run, data, members[0], 0, run.path("teacher"), fp, resume)
+        arch, source = t.arch, info.source
+    else:
+        parts = []
+        for i, a in enumerate(members):
+            mdir = run.path("teacher", "members", str(i))
+            # a member's identity leaves out the other members and the flips: changing those retrains nothing
+            solo = cfg.model_copy(
+                update={"teacher": t.model_copy(update={"arch": a, "ensemble": [], "tta_flips": False})}
+            )
+            mfp = fingerprint(_teacher_fp(solo, data), "member", i)
+            mfile, mmeta = mdir / "model.safetensors", mdir / "meta.json"
+            if mmeta.exists() and read_json(mmeta).get("fingerprint") == mfp and mfile.exists():
+                log(f"teacher: member {i + 1}/{len(members)} ({a}) up to date, skipped")
+                m, _ = build_teacher(a, None, k, cfg.data.image_size)
+                m.load_state_dict(load_state_dict_file(mfile))
+                parts.append((m, read_json(mmeta)))
+                continue
+            log(f"teacher: member {i + 1}/{len(members)}: {a}")
+            m, info, ft, hist = _fit_teacher(cfg, run, data, a, i, mdir, mfp, resume)
+            rec = {"fingerprint": mfp, "arch": a, "source": info.source, "fine_tuned": ft, "train": hist}
+            if dist_.is_main():
+                save_state_dict(m.cpu().eval(), mfile, metadata={"arch": a, "edgekd": __version__})
+                atomic_write_json(mmeta, rec)
+            parts.append((m, rec))
+        model = TeacherEnsemble([m.cpu().eval() for m, _ in parts], flips=t.tta_flips)
+        arch = ensemble_arch(members, t.tta_flips)
+        source = ", ".join(sorted({r["source"] for _, r in parts}))
+        finetune = any(r["fine_tuned"] for _, r in parts)
+        history = {"members": [{"arch": r["arch"], **(r["train"] or {})} for _, r in parts]}
+    model.cpu().eval()
+    if dist_.is_main():
+        save_state_dict(model, run.teacher_weights, metadata={"arch": arch, "edgekd": __version__})
+        meta = {
+            "kind": "torch",
+            "arch": arch,
+            "source": source,
+            "params": count_params(model),
+            "fine_tuned": finetune,
+            "train": history,
+            "sha256": sha256_file(run.teacher_weights),
+            "world_size": dist_.world_size(),
+        }
+        if len(members) > 1 or t.tta_flips:
+            meta["ensemble"] = {"members": members, "tta_flips": t.tta_flips}
+        atomic_write_json(run.teacher_meta, meta)
+        run.mark_stage("teacher", fp, time.time() - t0)
+    dist_.barrier()
+    return read_json(run.teacher_meta)
+
+
+def _fit_teacher(cfg: Config, run: RunDir, data: DataSplit, arch: str, member: int, out: Path, fp: str, resume: bool):
+    """(model, TeacherInfo, fine-tuned?, history) of one teacher of `arch`: built from teacher.weights and
+    fine-tuned on the training split unless its weights already have a head for these classes."""
+    t = cfg.teacher
+    k = len(data.classes)
+    torch.manual_seed(cfg.train.seed + member)  # a new classifier head is initialised here: same head every run
+    model, info = build_teacher(arch, t.weights, k, cfg.data.image_size)
     finetune = t.finetune == "always" or (t.finetune == "auto" and not info.has_head)
     if t.finetune == "never" and not info.has_head:
         raise EdgekdError(f"teacher.finetune=never but {info.source} has no head for these {k} classes")
     history = None
     if finetune:
-        log(f"teacher: fine-tuning {t.arch} ({count_params(model) / 1e6:.1f} M params) from {info.source}")
+        log(f"teacher: fine-tuning {arch} ({count_params(model) / 1e6:.1f} M params) from {info.source}")
         _, head = classifier_of(model)
+        common = _spec_common(cfg, teacher=True)
+        common["seed"] = cfg.train.seed + member
         spec = TrainSpec(
-            name="teacher",
-            out_dir=run.path("teacher"),
+            name="teacher" if not member else f"teacher member {member}",
+            out_dir=out,
             epochs=t.head_epochs + t.epochs,
             lr=t.lr,
             head_epochs=t.head_epochs,
             head=head,
             freeze_blocks=feature_blocks(model)[: t.freeze_blocks],
             fingerprint=fp,
-            **_spec_common(cfg, teacher=True),
+            **common,
         )
         res = train_model(
             model,
@@ -234,23 +346,7 @@ def stage_teacher(cfg: Config, run: RunDir, data: DataSplit, resume: bool = Fals
             num_workers=cfg.train.num_workers,
         )
         history = {"best_epoch": res.best_epoch, "best_val_accuracy": res.best_val_accuracy, "seconds": res.seconds}
-    model.cpu().eval()
-    if dist_.is_main():
-        save_state_dict(model, run.teacher_weights, metadata={"arch": t.arch, "edgekd": __version__})
-        meta = {
-            "kind": "torch",
-            "arch": t.arch,
-            "source": info.source,
-            "params": count_params(model),
-            "fine_tuned": finetune,
-            "train": history,
-            "sha256": sha256_file(run.teacher_weights),
-            "world_size": dist_.world_size(),
-        }
-        atomic_write_json(run.teacher_meta, meta)
-        run.mark_stage("teacher", fp, time.time() - t0)
-    dist_.barrier()
-    return read_json(run.teacher_meta)
+    return model, info, finetune, history
 
 
 # ----------------------------------------------------------------------------------------
@@ -259,45 +355,76 @@ def stage_teacher(cfg: Config, run: RunDir, data: DataSplit, resume: bool = Fals
 
 def soft_label_dir(cfg: Config, run: RunDir, data: DataSplit) -> tuple[Path, str]:
     meta = read_json(run.require(run.teacher_meta, "run the teacher stage first"))
-    train = data.subset("train")
-    fp = fingerprint("soft_labels", meta["sha256"], [(it.key, it.sha256) for it in train], _preproc_key(cfg))
-    root = Path(cfg.kd.cache_dir).expanduser() if cfg.kd.cache_dir else run.path("soft_labels")
+    train = data.kd_pool()  # the training split and any data.unlabeled images
+    kd = cfg.kd
+    # views depend on how they are drawn and rendered; without views only the un-augmented image counts
+    views = (
+        {"k": kd.cache_views, "seed": kd.view_seed, "crop_scale": list(cfg.train.crop_scale), "mixup": cfg.train.mixup}
+        if kd.cache_views
+        else None
+    )
+    fp = fingerprint("soft_labels", meta["sha256"], [(it.key, it.sha256) for it in train], _preproc_key(cfg), views)
+    root = Path(kd.cache_dir).expanduser() if kd.cache_dir else run.path("soft_labels")
     return root / fp, fp
 
 
-def read_soft_labels(directory: Path, n: int) -> torch.Tensor:
-    """Concatenate shards written by any number of ranks back into item order."""
-    from safetensors.torch import load_file
+def soft_labels_for(cfg: Config, run: RunDir, data: DataSplit) -> tuple[torch.Tensor, Optional[CachedViews]]:
+    directory, _ = soft_label_dir(cfg, run, data)
+    return read_soft_labels(directory, len(data.kd_pool()))
 
-    shards = sorted(directory.glob("shard-*.safetensors"))
-    if not shards:
-        raise EdgekdError(f"no soft-label shards in {directory}; run the soft_labels stage")
-    parts = [load_file(str(s)) for s in shards]
-    idx = torch.cat([p["index"] for p in parts])
-    logits = torch.cat([p["logits"] for p in parts])
-    if len(idx) != n or set(idx.tolist()) != set(range(n)):
-        raise EdgekdError(
-            f"soft-label shards in {directory} do not cover the {n} training images; delete it to recompute"
+
+@torch.no_grad()
+def _label_chunk(teacher, cfg: Config, run: RunDir, data: DataSplit, index: torch.Tensor, device, bar=None) -> dict:
+    """Teacher logits for one chunk of training images: the un-augmented image (through the preprocessing
+    contract, as evaluation sees it), or its kd.cache_views views (rendered from the student's uint8 source)."""
+    kd, size = cfg.kd, cfg.data.image_size
+    cl = cfg.train.channels_last and not isinstance(teacher, OnnxTeacher)
+    train = data.kd_pool()
+    if not kd.cache_views:
+        x = decode_resized([train[i] for i in index.tolist()], size, desc=None)
+        x = preprocess.normalize(x, cfg.data.mean, cfg.data.std)
+        logits = predict_logits(teacher, x, device=str(device), channels_last=cl)
+        if bar is not None:
+            bar.update(len(index))
+        return {"index": index, "logits": logits}
+    n = len(train)
+    images = train_data(run, data, cfg, unlabeled=True).images
+    k = kd.cache_views
+    v = draw_views(index, n, k, kd.view_seed, cfg.train.mixup)
+    flat = {key: t.reshape(len(index) * k, *t.shape[2:]) for key, t in v.items()}
+    rows = index.repeat_interleave(k)
+    out = []
+    for i in range(0, len(rows), 128):  # rendered views in batches: memory stays bounded for any K
+        sl = slice(i, i + 128)
+        px = render(
+            images,
+            rows[sl],
+            flat["r"][sl],
+            flat["partner"][sl],
+            flat["r_partner"][sl],
+            flat["lam"][sl],
+            size,
+            tuple(cfg.train.crop_scale),
         )
-    out = torch.empty_like(logits)
-    out[idx] = logits
-    return out
-
-
-def write_soft_label_shard(directory: Path, index: torch.Tensor, logits: torch.Tensor, rank: int, world: int) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_path(directory / f"shard-{rank:05d}-of-{world:05d}.safetensors") as tmp:
-        save_file({"index": index.contiguous(), "logits": logits.float().contiguous()}, str(tmp))
+        out.append(
+            predict_logits(
+                teacher, preprocess.normalize(px, cfg.data.mean, cfg.data.std), device=str(device), channels_last=cl
+            )
+        )
+        if bar is not None:
+            bar.update(len(out[-1]))
+    logits = torch.cat(out).reshape(len(index), k, -1)
+    return {"index": index, "logits": logits, **v}
 
 
 def stage_soft_labels(cfg: Config, run: RunDir, data: DataSplit) -> Optional[Path]:
+    """Teacher logits over the training split, in chunks (resumable); with kd.cache_views, for K views each."""
     if cfg.kd.mode == "online":
         log("soft labels: kd.mode=online, the teacher runs inside the training loop")
         return None
     t0 = time.time()
     directory, fp = soft_label_dir(cfg, run, data)
-    n = len(data.subset("train"))
+    n = len(data.kd_pool())
     try:
         read_soft_labels(directory, n)
         log(f"soft labels: cached ({directory})")
@@ -311,29 +438,38 @@ def stage_soft_labels(cfg: Config, run: RunDir, data: DataSplit) -> Optional[Pat
     teacher.to(device)
     if cfg.train.channels_last and not isinstance(teacher, OnnxTeacher):
         teacher.to(memory_format=torch.channels_last)
-    if dist_.is_main():
-        for stale in directory.glob("shard-*.safetensors"):
-            stale.unlink()
-    dist_.barrier()
-    # Each rank labels every world-th image and writes its own shard; readers accept any shard count.
+    # Chunks are fixed image ranges; every rank labels its share, and a chunk already on disk (an interrupted
+    # pass with the same plan) is kept. Files from another plan (another number of ranks) are removed first.
     rank, world = dist_.rank(), dist_.world_size()
-    index = torch.arange(n)[rank::world]
-    items = [data.subset("train")[i] for i in index.tolist()]
-    x = preprocess.normalize(decode_resized(items, cfg.data.image_size, desc="load train"), cfg.data.mean, cfg.data.std)
-    logits = predict_logits(
-        teacher,
-        x,
-        device=str(device),
-        desc="soft labels",
-        channels_last=cfg.train.channels_last and not isinstance(teacher, OnnxTeacher),
+    plan = view_chunks(n, world)
+    if dist_.is_main():
+        keep = {chunk_path(directory, idx).name for idx in plan}
+        for stale in directory.glob("chunk-*.safetensors"):
+            if stale.name not in keep:
+                stale.unlink()
+    dist_.barrier()
+    mine = plan[rank::world]
+    todo = [idx for idx in mine if not chunk_complete(chunk_path(directory, idx))]
+    if len(todo) < len(mine):
+        log(f"soft labels: resuming, {len(mine) - len(todo)} of {len(mine)} chunk(s) already done")
+    k = max(1, cfg.kd.cache_views)
+    # progress in teacher views (images x K), so a slow teacher shows movement within a chunk
+    bar = progress(
+        None, desc=f"soft labels ({k} view{'s' if k > 1 else ''}/image)", total=k * sum(map(len, todo)), unit="view"
     )
-    write_soft_label_shard(directory, index, logits, rank, world)
+    try:
+        for idx in todo:
+            write_chunk(chunk_path(directory, idx), _label_chunk(teacher, cfg, run, data, idx, device, bar))
+    finally:
+        bar.close()
     dist_.barrier()
     if dist_.is_main():
-        run.mark_stage("soft_labels", fp, time.time() - t0, path=str(directory), world_size=world)
+        run.mark_stage(
+            "soft_labels", fp, time.time() - t0, path=str(directory), world_size=world, views=cfg.kd.cache_views
+        )
     log(
-        f"soft labels: {len(index)} x {logits.shape[1]} teacher logits in {time.time() - t0:.1f}s -> {directory}"
-        + (f" (rank {rank} of {world})" if world > 1 else "")
+        f"soft labels: {n} image(s) x {k} view(s) of teacher logits in {time.time() - t0:.1f}s -> {directory}"
+        + (f" (rank {rank} of {world}: {len(mine)} chunk(s))" if world > 1 else "")
     )
     return directory
 
@@ -353,7 +489,7 @@ def _student_fp(cfg: Config, data: DataSplit, run: RunDir, kind: str) -> str:
     ]
     if kind == "student":
         meta = read_json(run.require(run.teacher_meta, "run the teacher stage first"))
-        parts += [cfg.kd.model_dump(mode="json", exclude={"cache_dir"}), meta["sha256"]]
+        parts += [cfg.kd.model_dump(mode="json", exclude={"cache_dir"}), meta["sha256"], data.unlabeled_fingerprint]
     return fingerprint(*parts)
 
 
@@ -497,7 +633,7 @@ def stage_student(
     model = build_student(s.arch, k, s.width_mult, s.dropout, s.weights)
     device = resolve_device(cfg.train.device)
     teacher = None
-    cached = None
+    cached = views = None
     kd = cfg.kd
     if kind == "student":
         if kd.mode == "online":
@@ -505,9 +641,10 @@ def stage_student(
             if cfg.train.channels_last and not isinstance(teacher, OnnxTeacher):
                 teacher.to(memory_format=torch.channels_last)
         else:
-            directory, _ = soft_label_dir(cfg, run, data)
-            cached = read_soft_labels(directory, len(data.subset("train")))
-    tdata = train_data(run, data, cfg, cached)
+            cached, views = soft_labels_for(cfg, run, data)
+    tdata = train_data(run, data, cfg, cached if views is None else None, views, unlabeled=kind == "student")
+    if kind == "student" and tdata.labels.lt(0).any():
+        log(f"{name}: {int(tdata.labels.lt(0).sum())} unlabeled image(s) (data.unlabeled) in the KD term only")
     alpha, temperature, kd_choice = 0.0, 1.0, None
     if kind == "student":
         # every seed uses seed 0's choice (its candidates' results are cached in RUN_DIR/student/auto)
@@ -576,6 +713,25 @@ def load_student(cfg: Config, run: RunDir, num_classes: int, kind: str = "studen
 # evaluate
 
 
+@torch.no_grad()
+def teacher_logits_of(teacher, items: list, cfg: Config, desc: str, chunk: int = 256) -> np.ndarray:
+    """The teacher's logits for un-augmented images, decoded a chunk at a time (memory does not grow with N)."""
+    out = []
+    cl = not isinstance(teacher, OnnxTeacher)
+    for i in progress(range(0, len(items), chunk), desc=desc, unit="chunk"):
+        x = decode_resized(items[i : i + chunk], cfg.data.image_size, desc=None)
+        out.append(predict_logits(teacher, preprocess.normalize(x, cfg.data.mean, cfg.data.std), channels_last=cl))
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def data_coverage(cfg: Config, data: DataSplit, teacher, test_logits: np.ndarray) -> dict:
+    """report.json `coverage`: teacher confidence and class shares on train / data.unlabeled / test, and flags."""
+    train = teacher_logits_of(teacher, data.subset("train"), cfg, "coverage train")
+    extra = data.subset(UNLABELED)
+    unl = teacher_logits_of(teacher, extra, cfg, "coverage unlabeled") if extra else None
+    return coverage_report(data.classes, (train, data.labels("train")), (test_logits, data.labels("test")), unl)
+
+
 def seed_summary(per_seed: list[dict]) -> dict:
     """Mean and spread over seeds of accuracy and macro-F1 (sample std; 0 with one seed)."""
     out = {}
@@ -604,10 +760,40 @@ def kd_gain_gate(verdict: dict, min_gain_points: float) -> dict:
 def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
     """Test-split metrics for teacher and every trained seed of student and baseline (accuracy and macro-F1 as
     the mean over seeds, the rest of seed 0: the shipped model); the KD verdict and advice; the gates
-    (accuracy gap, student collapse, optional min KD gain); report.json core."""
+    (accuracy gap, student collapse, optional min KD gain); report.json core. Skipped when its inputs (the
+    weights' sha256, the test files, preprocessing, gates, seeds, the code computing the metrics) did not change."""
+    import edgekd.pipeline.evaluate as evaluate_module
+    import edgekd.pipeline.verdict as verdict_module
+    from edgekd.pipeline.rundir import code_fingerprint
+
     t0 = time.time()
     k = len(data.classes)
     n_seeds = cfg.train.seeds
+    metas = [run.teacher_meta] + [
+        student_seed_dir(run, kind, i) / "meta.json" for kind in STUDENT_KINDS for i in range(n_seeds)
+    ]
+    eval_fp = None
+    if all(m.is_file() for m in metas):
+        eval_fp = fingerprint(
+            "evaluate",
+            [read_json(m).get("sha256") for m in metas],
+            data.fingerprint,
+            _preproc_key(cfg),
+            cfg.gate.model_dump(mode="json"),
+            n_seeds,
+            cfg.train.seed,
+            code_fingerprint(evaluate_module, verdict_module, preprocess),
+        )
+    if (
+        eval_fp
+        and run.stage_done("evaluate", eval_fp)
+        and run.metrics.is_file()
+        and run.path("eval", "logits.npz").is_file()
+    ):
+        log("evaluate: up to date, skipped")
+        if not run.report_json.exists():
+            write_core_report(cfg, run)
+        return read_json(run.metrics)
     y = data.labels("test")
     x = eval_tensor(run, data, cfg, "test")
     teacher = load_teacher(cfg, run, k)
@@ -677,16 +863,9 @@ def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
         gates.append(kd_gain_gate(verdict, cfg.gate.min_kd_gain))
     kd_gain = verdict["kd_gain_mean"]
     metrics = {**results, "kd_gain_points": kd_gain, "kd_verdict": verdict, "advice": advice, "gates": gates}
+    metrics["coverage"] = data_coverage(cfg, data, teacher, logits["teacher"])
     atomic_write_json(run.metrics, metrics)
-    run.mark_stage(
-        "evaluate",
-        fingerprint(
-            "evaluate",
-            run.stage_fingerprint("teacher"),
-            [run.stage_fingerprint(student_stage_name(kd, i)) for kd in STUDENT_KINDS for i in range(n_seeds)],
-        ),
-        time.time() - t0,
-    )
+    run.mark_stage("evaluate", eval_fp or fingerprint("evaluate", time.time()), time.time() - t0)
     write_core_report(cfg, run)
     lo, hi = verdict["kd_gain_ci95"]
     over = f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""
@@ -695,7 +874,7 @@ def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
         f"(KD), baseline {results['baseline']['accuracy']:.1%} (hard labels){over}; KD gain {kd_gain:+.1f} pts, "
         f"95% CI [{lo:+.1f}, {hi:+.1f}], McNemar p={verdict['mcnemar_p']:.3g}: {verdict['conclusion']}"
     )
-    for line in advice:
+    for line in advice + metrics["coverage"]["flags"]:
         log(f"evaluate: {line}")
     return metrics
 

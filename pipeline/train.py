@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -22,11 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgekd.pipeline import distributed as dist_
-from edgekd.pipeline import preprocess
+from edgekd.pipeline import preprocess, tracking
 from edgekd.pipeline.errors import EdgekdError
 from edgekd.pipeline.losses import FeatureAdapter, FeatureHook, dkd_loss, kd_loss, soft_cross_entropy
 from edgekd.pipeline.progress import log, progress
 from edgekd.pipeline.rundir import atomic_path, atomic_write_json
+from edgekd.pipeline.views import CachedViews, augment, render
 
 
 @dataclass
@@ -72,7 +73,7 @@ class TrainSpec:
 
 @dataclass
 class TrainData:
-    images: torch.Tensor  # N x 3 x S x S uint8 (S >= image_size), augmentation source
+    images: Any  # N x 3 x S x S uint8 (S >= image_size), augmentation source: a tensor or an imagestore store
     labels: torch.Tensor  # N int64
     image_size: int
     mean: tuple
@@ -81,6 +82,7 @@ class TrainData:
     val_y: Optional[torch.Tensor] = None
     teacher_logits: Optional[torch.Tensor] = None  # cached soft labels, N x C
     num_classes: int = 0
+    views: Optional[CachedViews] = None  # cached augmented views + their teacher logits (kd.cache_views)
 
 
 @dataclass
@@ -127,38 +129,21 @@ def sampled_prior(labels: torch.Tensor, weights: torch.Tensor, num_classes: int)
     return (mass / mass.sum()).clamp_min(1e-12).float()
 
 
-def _sample_weights(labels: torch.Tensor, balance: bool) -> torch.Tensor:
+def onehot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One-hot rows; label -1 (an unlabelled image) gives a zero row, which the hard-label term skips."""
+    return F.one_hot(labels.clamp_min(0), num_classes).float() * (labels >= 0).unsqueeze(1).float()
+
+
+def _sample_weights(labels: torch.Tensor, balance: bool, pseudo: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sampling weight per image. Unlabelled images (label -1) are balanced by `pseudo`, the teacher's class."""
     if not balance:
         return torch.ones(len(labels), dtype=torch.double)
-    counts = torch.bincount(labels).double().clamp_min(1)
+    cls = labels if pseudo is None else torch.where(labels >= 0, labels, pseudo)
+    counts = torch.bincount(cls.clamp_min(0)).double().clamp_min(1)
     # 1/sqrt(count): minority classes are seen more often without drowning the majority
     # (full inverse-frequency sampling cost ELPV test accuracy, which is majority-heavy).
-    return (1.0 / counts.sqrt())[labels]
-
-
-def augment(images: torch.Tensor, size: int, scale: tuple[float, float], r: torch.Tensor) -> torch.Tensor:
-    """Random resized crop (aspect 3/4..4/3) + horizontal/vertical flips; uint8 in, float 0..255 out.
-
-    `r` holds 5 uniform numbers per image, drawn for the global batch so any split across ranks
-    augments each image the same way."""
-    n, _, h, w = images.shape
-    out = torch.empty((n, 3, size, size), dtype=torch.float32)
-    for i in range(n):
-        area = h * w * (scale[0] + (scale[1] - scale[0]) * r[i, 0].item())
-        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * r[i, 1].item())
-        cw = max(1, min(w, int(round(math.sqrt(area * ratio)))))
-        ch = max(1, min(h, int(round(math.sqrt(area / ratio)))))
-        y0 = int(r[i, 2].item() * (h - ch + 1))
-        x0 = int(r[i, 3].item() * (w - cw + 1))
-        crop = images[i : i + 1, :, y0 : y0 + ch, x0 : x0 + cw].float()
-        crop = preprocess.resize_batch(crop, size, size)
-        flips = int(r[i, 4].item() * 4)  # 0 none, 1 h, 2 v, 3 both: EL cell images have no up/down
-        if flips & 1:
-            crop = crop.flip(3)
-        if flips & 2:
-            crop = crop.flip(2)
-        out[i] = crop[0]
-    return out
+    w = (1.0 / counts.sqrt())[cls.clamp_min(0)]
+    return torch.where(cls >= 0, w, w.mean())
 
 
 class EpochBatches(torch.utils.data.Dataset):
@@ -185,7 +170,7 @@ class EpochBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, s: int):
+    def __getitem__(self, s: int) -> dict:
         g = torch.Generator().manual_seed(self.seed * 100_003 + s)
         gidx = self.order[s * self.bs : (s + 1) * self.bs]
         r = torch.rand((len(gidx), 5), generator=g)
@@ -196,9 +181,43 @@ class EpochBatches(torch.utils.data.Dataset):
         )
         part = torch.arange(len(gidx)).tensor_split(self.world)[self.rank]
         idx = gidx[part]
-        x = augment(self.data.images[idx], self.data.image_size, self.scale, r[part])
-        perm = torch.randperm(len(idx), generator=g) if self.mixup > 0 else None
-        return x, self.data.labels[idx], idx, lam, perm
+        d, y = self.data, self.data.labels[gidx[part]]
+        if d.views is not None:
+            # replay one cached view per image (drawn for the global batch: rank-independent); the view carries
+            # its own mixup partner and lam, and the teacher's logits for exactly these pixels
+            v = torch.randint(d.views.k, (len(gidx),), generator=g)[part]
+            vw = d.views
+            partner, lam_v = vw.partner[idx, v], vw.lam[idx, v]
+            x = render(d.images, idx, vw.r[idx, v], partner, vw.r_partner[idx, v], lam_v, d.image_size, self.scale)
+            target = onehot(y, d.num_classes)
+            # a mix with an unlabelled image has no hard label: its row stays zero (KD term only)
+            mixed = partner >= 0
+            if mixed.any():
+                w = lam_v[mixed].unsqueeze(1)
+                yp = d.labels[partner[mixed]]
+                both = ((y[mixed] >= 0) & (yp >= 0)).float().unsqueeze(1)
+                target[mixed] = both * (w * target[mixed] + (1 - w) * onehot(yp, d.num_classes))
+            return {
+                "x": x,
+                "y": y,
+                "idx": idx,
+                "target": target,
+                "teacher": vw.logits[idx, v],
+                "lam": 1.0,
+                "partner": None,
+            }
+        x = augment(d.images[idx], d.image_size, self.scale, r[part])
+        if self.mixup <= 0:
+            return {"x": x, "y": y, "idx": idx, "target": None, "teacher": None, "lam": lam, "partner": None}
+        # batch mixup: partners are drawn over the global batch and rendered here with their own crop, so the
+        # pairs (and the result) do not depend on how many ranks share the batch
+        perm = torch.randperm(len(gidx), generator=g)
+        pidx = gidx[perm][part]
+        x = lam * x + (1 - lam) * augment(d.images[pidx], d.image_size, self.scale, r[perm][part])
+        oh, ohp = onehot(y, d.num_classes), onehot(d.labels[pidx], d.num_classes)
+        both = ((y >= 0) & (d.labels[pidx] >= 0)).float().unsqueeze(1)  # a mix with an unlabelled image: no label
+        target = both * (lam * oh + (1 - lam) * ohp)
+        return {"x": x, "y": y, "idx": idx, "target": target, "teacher": None, "lam": lam, "partner": pidx}
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -308,7 +327,12 @@ def _resume(
     if not resume:
         log(f"{spec.name}: an earlier run stopped early ({ckpt_path}); starting over (pass --resume to continue it)")
         return fresh
-    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise EdgekdError(
+            f"checkpoint {ckpt_path} cannot be read ({type(e).__name__}); delete it or rerun without --resume"
+        ) from None
     if ck.get("fingerprint") != spec.fingerprint:
         log(f"{spec.name}: checkpoint is from different inputs/settings; starting over")
         return fresh
@@ -329,19 +353,26 @@ def _loss(
     y: torch.Tensor,
     target: torch.Tensor,
     lam: float,
-    perm: Optional[torch.Tensor],
-    cached: bool,
+    t_partner: Optional[torch.Tensor],
     ce_offset: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The objective for one batch: KD (alpha*T^2*KL + (1-alpha)*CE), DKD, or hard labels only.
 
+    `t_partner`: the cached logits of each image's mixup partner (fixed cached teacher under batch mixup);
     `ce_offset` (tau * log prior, or None) logit-adjusts the hard-label term."""
+    if spec.kd_loss and t_partner is not None:
+        # fixed cached logits under batch mixup: the teacher's distribution of the mix is approximated by the mix
+        # of its two distributions (at temperature T); consistent views (kd.cache_views) need no approximation
+        tp = F.softmax(t_logits / spec.temperature, dim=1)
+        tp = lam * tp + (1 - lam) * F.softmax(t_partner / spec.temperature, dim=1)
+        t_logits = spec.temperature * tp.clamp_min(1e-12).log()
     if spec.kd_loss == "dkd":
-        return dkd_loss(s_logits, t_logits, y, spec.dkd_alpha, spec.dkd_beta, spec.temperature)
+        # DKD splits target vs non-target classes, so it needs one class per image: under mixup, the class with
+        # the larger share of the mixed image
+        cls = target.argmax(1) if target.is_floating_point() else y
+        return dkd_loss(s_logits, t_logits, cls, spec.dkd_alpha, spec.dkd_beta, spec.temperature)
     if spec.kd_loss == "kd":
         tp = F.softmax(t_logits / spec.temperature, dim=1)
-        if perm is not None and cached:  # cached logits: mix the teacher's view too
-            tp = lam * tp + (1 - lam) * tp[perm.to(tp.device)]
         return kd_loss(s_logits, tp, target, spec.alpha, spec.temperature, spec.label_smoothing, ce_offset)
     return soft_cross_entropy(s_logits if ce_offset is None else s_logits + ce_offset, target, spec.label_smoothing)
 
@@ -361,42 +392,47 @@ def _train_epoch(
     bar,
     ce_offset: Optional[torch.Tensor] = None,
 ) -> tuple[float, int, int]:
-    """One pass over the loader's batches; returns (summed loss, correct, images)."""
-    tl, tc, tn = 0.0, 0, 0
-    for x, y, idx, lam, perm in loader:
-        target: torch.Tensor = y
-        if perm is not None:
-            x = lam * x + (1 - lam) * x[perm]
-            onehot = F.one_hot(y, data.num_classes).float()
-            target = lam * onehot + (1 - lam) * onehot[perm]
+    """One pass over the loader's batches; returns (mean loss, correct, labelled images)."""
+    tl, tc, tn, na = 0.0, 0, 0, 0
+    for b in loader:
+        x, y, idx, lam = b["x"], b["y"], b["idx"], b["lam"]
+        target: torch.Tensor = y if b["target"] is None else b["target"]
         x = preprocess.normalize(x.to(device, non_blocking=True), data.mean, data.std)
         if spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y_dev, target = y.to(device), target.to(device)
         with _autocast(device, spec.amp):
-            t_logits = None
+            t_logits = t_partner = None
             if spec.kd_loss:
-                if teacher is not None:
+                if b["teacher"] is not None:  # the cached view's own logits
+                    t_logits = b["teacher"].to(device)
+                elif teacher is not None:
                     with torch.no_grad():
                         teacher.eval()
-                        t_logits = teacher(x).float()
+                        t_logits = teacher(x).float().to(device)  # an ONNX teacher answers on the CPU
                 else:
                     t_logits = data.teacher_logits[idx].to(device)
+                    if b["partner"] is not None:
+                        t_partner = data.teacher_logits[b["partner"]].to(device)
             s_logits = net(x).float()
-            loss = _loss(spec, s_logits, t_logits, y_dev, target, lam, perm, teacher is None, ce_offset)
+            loss = _loss(spec, s_logits, t_logits, y_dev, target, lam, t_partner, ce_offset)
             if adapter is not None:
                 loss = loss + spec.feature_weight * adapter(hooks[1].output.float(), hooks[0].output.float())
         if not torch.isfinite(loss):
             raise EdgekdError(f"{spec.name}: loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if adapter is not None and dist_.world_size() > 1:
+            # the feature adapter lives outside DDP: average its gradients by hand so every rank keeps one copy
+            dist_.all_reduce_mean([p.grad for p in adapter.parameters() if p.grad is not None])
         opt.step()
         sched.step()
         tl += loss.item() * len(idx)
         tc += (s_logits.argmax(1) == y_dev).sum().item()
-        tn += len(idx)
+        tn += int((y >= 0).sum())
+        na += len(idx)
         bar.update(1)
-    return tl, tc, tn
+    return tl / max(1, na), tc, tn
 
 
 def improved(rec: dict, best: dict) -> bool:
@@ -445,12 +481,19 @@ def train_model(
     _prepare(model, spec, device)
     hooks, adapter = _feature_matching(model, teacher, spec, data.image_size, device)
     n = len(data.labels)
-    sch = Schedule.of(spec, n)
+    # unlabelled images (data.unlabeled) widen what an epoch draws from, not its length: the KD student takes as
+    # many steps as the baseline, so a KD gain is not bought with extra steps
+    n_labelled = int((data.labels >= 0).sum())
+    sch = Schedule.of(spec, n_labelled)
     steps_per_epoch = sch.steps_per_epoch
     opt, sched, body = _optimizer(model, spec, adapter, sch)
     history, best, start_epoch = _resume(ckpt_path, spec, resume, model, opt, sched, adapter, sch.epochs)
 
-    weights = _sample_weights(data.labels, spec.balance)
+    pseudo = None
+    if (data.labels < 0).any():
+        t = data.views.logits.mean(1) if data.views is not None else data.teacher_logits
+        pseudo = t.argmax(1) if t is not None else None
+    weights = _sample_weights(data.labels, spec.balance, pseudo)
     ce_offset = None
     if spec.logit_adjust:
         prior = sampled_prior(data.labels, weights, data.num_classes)
@@ -511,7 +554,7 @@ def train_model(
             rec = {
                 "epoch": epoch + 1,
                 "step": (epoch + 1) * steps_per_epoch,
-                "train_loss": tl / max(1, tn),
+                "train_loss": tl,
                 "train_accuracy": tc / max(1, tn),
                 "lr": sched.get_last_lr()[0],
                 "train_seconds": round(time.time() - t_epoch, 2),
@@ -531,6 +574,8 @@ def train_model(
                 (history[-1]["elapsed_seconds"] if history else 0) + time.time() - t_epoch, 2
             )
             history.append(rec)
+            if rank == 0:
+                tracking.epoch_end(spec.name, rec)
             bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val=f"{rec.get('val_accuracy', float('nan')):.3f}")
             ck = {
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},

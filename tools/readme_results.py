@@ -38,3 +38,27 @@ try:
     )
 except FileNotFoundError:
     pass
+try:
+    f = json.load(open("benchmarks/results/elpv-full.json"))
+    print(row("`edgekd run --preset full --seeds 3` ([elpv-full](benchmarks/results/elpv-full.md))", f))
+except FileNotFoundError:
+    pass
+for name in ("kd-ablation-quick", "kd-ablation-full"):
+    try:
+        a = json.load(open(f"benchmarks/results/{name}.json"))
+    except FileNotFoundError:
+        continue
+    print()
+    print(f"{name} ({a['preset']} preset, {a['seeds']} seeds): `{a['command']}`")
+    print("| row | change | teacher | student | baseline | KD gain, 95% interval |")
+    print("|---|---|---|---|---|---|")
+    for r in a["rows"]:
+        v = r["kd_verdict"] or {}
+        lo, hi = v.get("kd_gain_ci95") or (float("nan"), float("nan"))
+        st, bl = r["student"], r["baseline"]
+        print(
+            f"| {r['name']} | {r['change']} | {pct(r['teacher']['accuracy'])} "
+            f"| {pct(st['accuracy'])} ± {(st.get('accuracy_std') or 0) * 100:.1f} (F1 {st['macro_f1']:.2f}) "
+            f"| {pct(bl['accuracy'])} ± {(bl.get('accuracy_std') or 0) * 100:.1f} (F1 {bl['macro_f1']:.2f}) "
+            f"| {v.get('kd_gain_mean', float('nan')):+.1f} [{lo:+.1f}, {hi:+.1f}] |"
+        )

@@ -6,7 +6,8 @@ Steps (each checked, each file written atomically: temp file in the target folde
   2. verify model.tflite against the manifest's and model.json's sha256, labels.txt against
      model.json, and the model's tensors (LiteRT) against model.json (bundle.py);
   3. copy model.tflite, labels.txt and model.json (last, so a half-finished install is refused by
-     the app's hash check instead of running a mismatched model) into app/src/main/assets/;
+     the app's hash check instead of running a mismatched model) into app/src/main/assets/, then the
+     run's model card (model_card.json, MODEL_CARD.md: the app's "About this model" screen);
   4. write golden vectors into core/src/test/resources/golden/: test images (the run's test split,
      else synthetic), the input tensor Python computes for them, and the model's output and
      top-k from LiteRT in Python; the Java core's JUnit test must reproduce them (golden.py);
@@ -16,6 +17,7 @@ Steps (each checked, each file written atomically: temp file in the target folde
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,6 +31,7 @@ PRECISIONS = ("int8", "fp16", "fp32")
 ASSETS = Path("app/src/main/assets")
 GOLDEN = Path("core/src/test/resources/golden")
 DEFAULT_APP = "android_demo"
+CARD_FILES = ("model_card.json", "MODEL_CARD.md")  # written by edgekd.benchmarks.model_card
 
 
 class BuildUnavailable(EdgekdError):
@@ -54,28 +57,52 @@ def install(
     run_dir, app = Path(run_dir), Path(app)
     if precision not in PRECISIONS:
         raise EdgekdError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if int(golden_count) < 1:  # the app's JUnit test replays them: an install never leaves it without any
+        raise EdgekdError(
+            f"--golden-count {golden_count}: give 1 or more (the app's core tests replay the golden vectors; "
+            "an install always writes them)"
+        )
     art = select_artifact(run_dir, precision)
     if not (app.is_dir() and (app / "settings.gradle.kts").is_file() and (app / "app").is_dir()):
         raise EdgekdError(f"Android app not found at {app} (expected settings.gradle.kts and app/): pass --app")
-    model_path = run_dir / art["path"]
+    model_path = run_dir / str(art.get("path") or "")
+    if not art.get("path") or not _inside(model_path, run_dir / "exports"):
+        raise EdgekdError(
+            f"{run_dir / 'exports' / 'manifest.json'}: artifact {art.get('name')!r} names path {art.get('path')!r}, "
+            "which is not a file under the run's exports/; re-export (edgekd export RUN_DIR) instead of editing it"
+        )
     meta = check_bundle(model_path, art.get("sha256"))
 
     assets = app / ASSETS
-    model_name = meta.get("file", "model.tflite")
+    model_name = str(meta.get("file", "model.tflite"))
+    prefix = str(art.get("name") or "golden")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,63}", prefix) or ".." in prefix:
+        prefix = "golden"  # a hand-edited manifest name must not become a path
+    for target in (assets / model_name, assets / "labels.txt", assets / "model.json", app / GOLDEN / prefix):
+        if not _inside(target, app):
+            raise EdgekdError(f"refusing to write {target}: it is outside the app folder {app}")
     atomic_copy(model_path, assets / model_name, meta["sha256"])
     for extra in ("labels.txt", "model.json"):  # model.json last: it names the hash the app expects
         src = model_path.parent / extra
         atomic_copy(src, assets / extra, sha256_file(src))
+    # the model card travels with the model (the app's "About this model" screen reads model_card.json); an older
+    # run's card must not describe this model, so a missing one is removed from the assets
+    cards = []
+    for name in CARD_FILES:
+        src = next((d / name for d in (model_path.parent, run_dir) if (d / name).is_file()), None)
+        if src is None:
+            (assets / name).unlink(missing_ok=True)
+            continue
+        atomic_copy(src, assets / name, sha256_file(src))
+        cards.append(str(assets / name))
 
-    golden = write_golden(
-        assets / model_name, meta, app / GOLDEN, golden_count, run_dir, prefix=art.get("name", "golden")
-    )
+    golden = write_golden(assets / model_name, meta, app / GOLDEN, golden_count, run_dir, prefix=prefix)
     result: dict[str, Any] = {
         "artifact": art.get("name"),
         "precision": precision,
         "sha256": meta["sha256"],
         "size_bytes": (assets / model_name).stat().st_size,
-        "assets": [str(assets / n) for n in (model_name, "labels.txt", "model.json")],
+        "assets": [str(assets / n) for n in (model_name, "labels.txt", "model.json")] + cards,
         "golden": [str(p) for p in golden],
         "built": False,
         "installed": False,
@@ -92,6 +119,15 @@ def install(
         )
     result.update(build_and_install(app, device), built=True, installed=True)
     return result
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Does `path` (symlinks resolved) lie inside `root`?"""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def default_app() -> Path:

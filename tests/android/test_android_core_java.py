@@ -173,3 +173,38 @@ def test_golden_test_fails_on_a_wrong_tensor(core_classes, golden_resources, tmp
     (res / "golden" / name).write_text(json.dumps(g))
     r = _junit(core_classes, res)
     assert r.returncode != 0 and "max |java - python|" in r.stdout, r.stdout[-2000:]
+
+
+def test_committed_golden_vectors_are_todays_python_contract():
+    """The golden vectors committed with the app (core/src/test/resources/golden, what `./gradlew :core:test`
+    replays on a developer's machine) still describe today's Python side, without Java: each input tensor is
+    pipeline.preprocess.preprocess_rgb of the stored image under the stored model.json contract, the raw output
+    decodes to the stored logits, the probabilities are their softmax and the top-k is that softmax ranked
+    with the model's labels. A change to the Python preprocessing (resize, normalisation, layout) that the
+    app would not follow fails here."""
+    from edgekd.pipeline.preprocess import preprocess_rgb
+
+    res = CORE / "src/test/resources/golden"
+    names = (res / "index.txt").read_text().split()
+    assert names and sorted(names) == sorted(p.name for p in res.glob("*.json"))
+    for name in names:
+        g = json.loads((res / name).read_text())
+        assert g["schema"] == "edgekd.golden/1", name
+        m, im, inp, out = g["model"], g["image"], g["input"], g["output"]
+        c = m["input"]
+        rgb = np.frombuffer(base64.b64decode(im["rgb_b64"]), np.uint8).reshape(im["height"], im["width"], 3).copy()
+        tensor = np.frombuffer(base64.b64decode(inp["float_b64"]), "<f4").reshape(inp["shape"])
+        want_shape = [1, c["height"], c["width"], 3] if c["layout"] == "NHWC" else [1, 3, c["height"], c["width"]]
+        assert inp["shape"] == want_shape, name
+        ref = preprocess_rgb(rgb, c["height"], c["width"], c["mean"], c["std"], layout=c["layout"])
+        np.testing.assert_allclose(tensor, ref, atol=1e-6, rtol=0, err_msg=name)
+        raw = np.frombuffer(base64.b64decode(out["raw_b64"]), "<f4" if out["dtype"] == "float32" else np.int8)
+        assert out["quantization"] is None or out["dtype"] != "float32"
+        logits = np.asarray(g["logits"])
+        if out["quantization"] is None:
+            np.testing.assert_array_equal(raw.astype(np.float32), logits.astype(np.float32), err_msg=name)
+        e = np.exp(logits - logits.max())
+        np.testing.assert_allclose(g["probabilities"], e / e.sum(), rtol=1e-6, err_msg=name)
+        order = [int(i) for i in np.argsort(-e, kind="stable")][: len(g["topk"])]
+        assert [t["index"] for t in g["topk"]] == order, name
+        assert [t["label"] for t in g["topk"]] == [m["labels"][i] for i in order], name

@@ -35,11 +35,13 @@ def test_bench_command_end_to_end(fake_run, capsys):
     labels = np.load(fake_run / "eval" / "logits.npz")["labels"]
     assert onnx["accuracy_images"] == len(labels)
     assert arts["onnx-int8"]["status"] == "failed" and "quantizer crashed" in arts["onnx-int8"]["reason"]
-    assert arts["coreml"]["status"] == "skipped" and arts["coreml"]["parity_status"] == "needs macOS"
+    # a CoreML file nobody could run (a manifest from before `unverified`: "needs macOS") is unverified, never ok
+    assert arts["coreml"]["status"] == "unverified" and arts["coreml"]["parity_status"] == "needs macOS"
+    assert arts["coreml"]["latency_ms"] is None
     assert rep["student_bench"][0]["agreement_student"] == 1.0
     # goals, machine, headline, per-measurement files, report
     goals = {g["name"]: g for g in rep["goals"]}
-    assert set(goals) == {"speedup_same_runtime", "int8_size_ratio", "compute_bound_ratio"}
+    assert set(goals) == {"speedup_same_runtime", "int8_size_ratio", "compute_bound_ratio", "tflite_vs_best_converter"}
     assert goals["speedup_same_runtime"]["value"] > 0 and "onnxruntime" in goals["speedup_same_runtime"]["detail"]
     assert goals["int8_size_ratio"]["status"] == "unknown"
     assert rep["bench_machine"]["profiles"][0]["threads_requested"] == 1

@@ -150,3 +150,29 @@ def test_headline_has_macro_f1_and_says_when_kd_did_not_help():
     assert goals.headline(arts, teacher, sref, profiles, rep) == "KD helped, but the teacher cannot help. " + head
     # no measurement at all: the warning alone
     assert goals.headline([], [], [], profiles, rep) == "KD helped, but the teacher cannot help."
+
+
+def test_unverified_artifacts_never_feed_a_goal_or_the_headline():
+    """Issue 13: a CoreML file off macOS (weights_checked / unverified, never measured) is smaller than every
+    verified file; the int8 size goal and the headline must still come from verified artifacts only. Seen failing
+    on the old goals code, which counted `coreml` int8 entries with status "skipped" toward int8_size_ratio."""
+    int8 = _entry("tflite-int8", "student", "tflite", "int8", "litert", 350_000, 0.90, 1.0, 82.0)
+    un = {"status": "unverified", "latency_ms": None, "parity_status": "weights_checked", "profile": None}
+    cm = _entry("coreml-int8", "student", "coreml", "int8", "coreml", 100_000, None, None, None, **un)
+    unmeasured = _entry("coreml", "student", "coreml", "fp16", "coreml", 90_000, None, None, None, **un)
+    arts, teacher, sref, profiles, rep = _bench(cm, unmeasured, int8)
+    peaks = rep["bench_machine"]["compute_peak"]
+    g = {x["name"]: x for x in goals.compute_goals(arts, teacher, sref, profiles, peaks)}
+    assert g["int8_size_ratio"]["value"] == round(16_000_000 / 350_000, 2), g["int8_size_ratio"]
+    assert "tflite-int8" in g["int8_size_ratio"]["detail"] and "coreml" not in g["int8_size_ratio"]["detail"]
+    head = goals.headline(arts, teacher, sref, profiles, rep)
+    assert head.startswith("student int8 TFLite:") and "Core ML" not in head
+    # only the unverified file: no int8 goal value, the headline falls back to the PyTorch student
+    arts, teacher, sref, profiles, rep = _bench(cm)
+    g = {x["name"]: x for x in goals.compute_goals(arts, teacher, sref, profiles, peaks)}
+    assert g["int8_size_ratio"]["value"] is None and g["int8_size_ratio"]["status"] == "unknown"
+    assert goals.headline(arts, teacher, sref, profiles, rep).startswith("student fp32 PyTorch:")
+    # a measured artifact whose parity was never checked (no parity status) is not verified either
+    nop = _entry("tflite-int8", "student", "tflite", "int8", "litert", 350_000, 0.90, 1.0, 82.0, parity_status=None)
+    arts, teacher, sref, profiles, rep = _bench(nop)
+    assert goals.headline(arts, teacher, sref, profiles, rep).startswith("student fp32 PyTorch:")

@@ -21,9 +21,9 @@ def test_render_markdown_and_self_contained_html(synthetic_run):
     assert "**student int8 TFLite: 91.0% vs teacher 93.0%" in text
     assert "| artifact | model | format | precision | profile | threads |" in text and "| status |" in text
     assert "| tflite-int8 | student | tflite | int8 | tablet | 2 of 4 |" in text
-    assert "coreml (coreml fp16): skipped — prediction needs macOS" in text
+    assert "coreml (coreml fp16): unverified — export status weights_checked: Core ML itself was not run" in text
     assert "## Goals" in text and "speedup_same_runtime" in text
-    assert "PASS max_accuracy_drop" in text and "PASS parity onnx" in text and "NEEDS MACOS parity coreml" in text
+    assert "PASS max_accuracy_drop" in text and "PASS parity onnx" in text and "WEIGHTS_CHECKED parity coreml" in text
     assert "leakage: 1 image(s) identical across splits" in text and "skipped (unreadable) files: 1" in text
     for name in ("pareto", "size_memory", "confusion", "training_curves"):
         assert f"(report_files/{name}.png)" in text

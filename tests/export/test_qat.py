@@ -11,7 +11,7 @@ import torchvision
 
 from edgekd.export.graph import xnnpack_friendly
 from edgekd.export.int8_latency import _model as bn_calibrated_model
-from edgekd.export.qat import attach_quant_points, qat_finetune
+from edgekd.export.qat import ActFakeQuant, attach_quant_points, qat_finetune
 
 SIZE = 32
 
@@ -63,6 +63,29 @@ def test_quant_points_follow_the_converters():
     with torch.no_grad():
         ref = m(x)
     qp.set_mode("quant")
+    # every point rounds what reaches it to the nearest of 256 levels of its calibrated range (zero included),
+    # as the converters' uint8 activations do: |out - in| <= scale / 2 inside the range, clamped outside
+    rounded = []
+    real_call = ActFakeQuant.__call__
+
+    def recording(self, v):
+        out = real_call(self, v)
+        rounded.append((self, v.detach().clone(), out.detach().clone()))
+        return out
+
+    ActFakeQuant.__call__ = recording
+    try:
+        with torch.no_grad():
+            m(x)
+    finally:
+        ActFakeQuant.__call__ = real_call
+    assert {p.name for p, _, _ in rounded} == set(names)
+    for p, v, out in rounded:
+        lo, hi = min(p.lo, 0.0), max(p.hi, 0.0)
+        scale = max((hi - lo) / 255.0, 1e-8)
+        assert (out - v.clamp(lo, hi)).abs().max().item() <= scale / 2 + 1e-6 * max(1.0, hi - lo), p.name
+        levels = (out - out.min()) / scale
+        assert (levels - levels.round()).abs().max().item() < 1e-3, p.name  # on the grid
     seen = {}
     picked = [n for n in names if n in mods and isinstance(mods[n], (nn.BatchNorm2d, nn.Hardswish))][:4]
     # clone: torchvision's activations run in place on the tensor a BN hook returned
@@ -72,9 +95,14 @@ def test_quant_points_follow_the_converters():
     for h in hooks:
         h.remove()
     qp.remove()
-    # hooked outputs take at most 256 values, and quantization changes the logits only a little
+    # hooked outputs take at most 256 values. End to end, 8-bit rounding at every one of the ~120 points of this
+    # untrained net moves the logits by 17% of their norm (measured on these images), so 30% is the bound; the
+    # exact per-point check above is the tight one. Argmax agreement is not asserted: an untrained net's class
+    # margins (about 0.02) are below the rounding noise, so its argmax is noise too (measured: 4 of 8 agree);
+    # agreement on a trained student is the export parity gate's job.
     assert seen and all(torch.unique(v).numel() <= 256 for v in seen.values())
-    assert not torch.equal(out, ref) and torch.allclose(out, ref, atol=0.5 * ref.abs().max().item())
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert not torch.equal(out, ref) and rel < 0.3, rel
 
 
 def test_qat_weights_on_int8_grid_and_source_untouched():

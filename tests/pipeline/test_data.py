@@ -11,7 +11,7 @@ from edgekd.pipeline.data import check_image, prepare_data
 from edgekd.pipeline.errors import EdgekdError
 from edgekd.pipeline.preprocess import load_rgb, preprocess_rgb
 from edgekd.pipeline.rundir import RunDir
-from tests.conftest import write_folder
+from tests.conftest import make_image, write_folder
 
 
 def _bad_corpus(root):
@@ -90,15 +90,29 @@ def test_split_is_deterministic_stratified_and_leakage_is_reported(tmp_path):
     for c in range(4):
         assert sum(1 for i in a.items if i.label == c and i.split == "test") == 3  # 25% of 12
     assert a.report["cross_split_duplicates"] == []
-    # copy one test image into train under another name: an exact duplicate across splits
-    test_item = next(i for i in a.items if i.split == "test")
-    shutil.copy(test_item.path, root / "class_0" / "zz_copy.png")
-    c = prepare_data(DataConfig(source=str(root), seed=3), RunDir(tmp_path / "r3"))
+
+
+def test_cross_split_duplicates_are_reported_and_same_split_ones_are_not(tmp_path):
+    """Explicit train/ and test/ folders fix each file's split, so both cases are certain: a test image copied
+    into train/ under another name is one leak naming both files; a copy inside test/ is no cross-split leak."""
+    root = tmp_path / "data"
+    write_folder(root / "train", per_class=6)
+    for c in range(4):  # test images other than the train ones (write_folder's images depend on class and index)
+        (root / "test" / f"class_{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(make_image(c, 100 + i), "L").save(root / "test" / f"class_{c}" / f"t_{i}.png")
+    clean = prepare_data(DataConfig(source=str(root), val_fraction=0.0), RunDir(tmp_path / "r0"))
+    assert clean.report["cross_split_duplicates"] == []
+    src = sorted((root / "test" / "class_1").iterdir())[0]
+    shutil.copy(src, root / "test" / "class_1" / "zz_same_split.png")
+    same = prepare_data(DataConfig(source=str(root), val_fraction=0.0), RunDir(tmp_path / "r1"))
+    assert same.report["cross_split_duplicates"] == []
+    shutil.copy(src, root / "train" / "class_1" / "zz_leak.png")
+    c = prepare_data(DataConfig(source=str(root), val_fraction=0.0), RunDir(tmp_path / "r2"))
     leaks = c.report["cross_split_duplicates"]
-    if leaks:  # the copy may itself land in test; then it is not a cross-split leak
-        assert any("zz_copy.png" in "".join(leak["files"]) for leak in leaks)
-    else:
-        assert next(i for i in c.items if i.key.endswith("zz_copy.png")).split == test_item.split
+    assert len(leaks) == 1, leaks
+    files = "".join(leaks[0]["files"])
+    assert "zz_leak.png" in files and src.name in files
 
 
 def test_explicit_split_folders(tmp_path):

@@ -41,12 +41,14 @@ def test_onnx_teacher_gives_the_same_soft_labels(tiny_run, tmp_path):
     from edgekd.pipeline.stages import read_soft_labels
 
     n = len(load_split(run).subset("train"))
-    torch_labels = read_soft_labels(next((tiny_run / "soft_labels").iterdir()), n)
+    # (logits, views): with cached views (the default preset) the logits are N x K views x C
+    torch_labels, _ = read_soft_labels(next((tiny_run / "soft_labels").iterdir()), n)
     onnx_dirs = [
         d for d in (out / "soft_labels").iterdir() if d.name != next((tiny_run / "soft_labels").iterdir()).name
     ]
     assert len(onnx_dirs) == 1  # new cache key: the teacher changed
-    onnx_labels = read_soft_labels(onnx_dirs[0], n)
+    onnx_labels, _ = read_soft_labels(onnx_dirs[0], n)
+    assert torch_labels.shape == onnx_labels.shape and torch_labels.shape[0] == n
     assert torch.allclose(torch_labels, onnx_labels, atol=1e-3)
 
 

@@ -79,13 +79,14 @@ def test_two_seeds_verdict_gate_and_reuse(tiny_run, tmp_path, capfd):
     assert "## Did distillation help?" in md and "2 seeds" in md and v["conclusion"] in md
     assert "| class | teacher | student | baseline |" in md
 
-    # a second evaluate evaluates again (both seeds) and trains nothing
+    # a second evaluate with the same inputs (weights, test data, gates, seeds) is skipped and trains nothing
+    # (issue 13: evaluate skips on a fingerprint of its inputs); a changed gate below evaluates again
     before = run.stages()
     capfd.readouterr()
     assert main(["evaluate", str(out)]) == 0
     err = capfd.readouterr().err
     after = run.stages()
-    assert "training" not in err and "evaluate: teacher" in err and "mean of 2 seeds" in err
+    assert "training" not in err and "evaluate: up to date, skipped" in err
     for name in ("student", "baseline", "seeds/1/student", "seeds/1/baseline"):
         assert after[name] == before[name]
     assert json.loads((out / "report.json").read_text())["kd_verdict"] == v

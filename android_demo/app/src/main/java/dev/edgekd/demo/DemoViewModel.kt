@@ -24,6 +24,8 @@ data class UiState(
     val mode: Mode = Mode.CAMERA,
     val galleryImage: Bitmap? = null,
     val result: Classification? = null,
+    /** The model card's summary for the "About this model" dialog (null until the model is loaded). */
+    val about: String? = null,
 )
 
 /** Owns the classifier across configuration changes; everything runs on the device, offline. */
@@ -39,7 +41,8 @@ class DemoViewModel(application: Application) : AndroidViewModel(application) {
             try {
                 val c = Classifier.load(getApplication<Application>())
                 classifier = c
-                _state.update { it.copy(loading = false, model = c.info.describe()) }
+                val about = aboutModelText(getApplication<Application>(), c.info.sha256)
+                _state.update { it.copy(loading = false, model = c.info.describe(), about = about) }
             } catch (e: ModelRejectedException) {
                 _state.update { it.copy(loading = false, error = e.message) }
             } catch (e: Exception) { // e.g. LiteRT refusing a corrupt flatbuffer

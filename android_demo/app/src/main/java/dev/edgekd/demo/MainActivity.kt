@@ -85,6 +85,7 @@ fun DemoScreen(vm: DemoViewModel, lifecycleOwner: LifecycleOwner, executor: Exec
             ContextCompat.checkSelfPermission(context, Manifest.permission.CAMERA) == PackageManager.PERMISSION_GRANTED
         )
     }
+    var showAbout by remember { mutableStateOf(false) }
     val askCamera = rememberLauncherForActivityResult(ActivityResultContracts.RequestPermission()) { cameraGranted = it }
     // Android's photo picker (falls back to the document picker before Android 11): no storage permission.
     val pickImage = rememberLauncherForActivityResult(ActivityResultContracts.PickVisualMedia()) { uri ->
@@ -120,6 +121,11 @@ fun DemoScreen(vm: DemoViewModel, lifecycleOwner: LifecycleOwner, executor: Exec
                     pickImage.launch(PickVisualMediaRequest(ActivityResultContracts.PickVisualMedia.ImageOnly))
                 },
             ) { Text("Gallery image") }
+            OutlinedButton(enabled = state.about != null, onClick = { showAbout = true }) { Text("About this model") }
+        }
+        val about = state.about
+        if (showAbout && about != null) {
+            AboutModelDialog(about, onDismiss = { showAbout = false })
         }
         Spacer(Modifier.height(8.dp))
         Box(modifier = Modifier.weight(1f).fillMaxWidth(), contentAlignment = Alignment.Center) {
