@@ -41,13 +41,10 @@ def _context(run, cfg, work: Path):
     data = load_split(run)
     labels = list(data.classes)
     model = load_student(cfg, run, len(labels))
-    ctx = ExportContext(
+    ctx = ExportContext.of_config(
+        cfg,
         model=model,
-        arch=cfg.student.arch,
         labels=labels,
-        image_size=cfg.data.image_size,
-        mean=cfg.data.mean,
-        std=cfg.data.std,
         calib=calibration_images(data, cfg, cfg.export.calibration_images),
         work=work,
         threads=int(cfg.train.threads or 2),

@@ -496,13 +496,10 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None, force: boo
     exports_dir = run.path("exports")
     exports_dir.mkdir(parents=True, exist_ok=True)
     work = exports_dir / f".work-{os.getpid()}"
-    ctx = ExportContext(
+    ctx = ExportContext.of_config(
+        cfg,
         model=model,
-        arch=cfg.student.arch,
         labels=labels,
-        image_size=cfg.data.image_size,
-        mean=cfg.data.mean,
-        std=cfg.data.std,
         calib=calib,
         work=work,
         threads=threads,

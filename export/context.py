@@ -96,7 +96,22 @@ class ExportContext:
         # Candidate latencies (export/candidates.py interleaved_latency); tests inject a deterministic one.
         self.timer: Optional[Callable[..., dict]] = None
 
+    @classmethod
+    def of_config(cls, cfg, *, model: torch.nn.Module, labels: list[str], **kw) -> ExportContext:
+        """The context of a run's student: arch, input size and normalisation from its config (export stage and
+        the converter comparison build it the same way)."""
+        return cls(
+            model=model,
+            arch=cfg.student.arch,
+            labels=labels,
+            image_size=cfg.data.image_size,
+            mean=cfg.data.mean,
+            std=cfg.data.std,
+            **kw,
+        )
+
     # -- reference ---------------------------------------------------------------------------
+
     def torch_logits(self, x: np.ndarray, model: Optional[torch.nn.Module] = None) -> np.ndarray:
         if not len(x):
             return np.zeros((0, len(self.labels)), np.float32)

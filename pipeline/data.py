@@ -313,13 +313,10 @@ def load_split(run: RunDir) -> DataSplit:
 # tensors
 
 
-def decode_resized(
-    items: list[Item], size: int, desc: Optional[str] = "decode", dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """N x 3 x size x size (0..255) through the preprocessing contract's resize; float32, or uint8 (rounded)
-    written image by image, so a uint8 split never exists as float32 in memory."""
-    out = torch.empty((len(items), 3, size, size), dtype=dtype)
+def decode_resized(items: list[Item], size: int, desc: Optional[str] = "decode") -> torch.Tensor:
+    """N x 3 x size x size float32 (0..255) through the preprocessing contract's resize (uint8 training images:
+    edgekd.pipeline.imagestore)."""
+    out = torch.empty((len(items), 3, size, size), dtype=torch.float32)
     for i, it in enumerate(progress(items, desc=desc, unit="img") if desc else items):
-        img = preprocess.resize_rgb(preprocess.load_rgb(it.path), size, size)[0]
-        out[i] = img if dtype.is_floating_point else img.round_().clamp_(0, 255).to(dtype)
+        out[i] = preprocess.resize_rgb(preprocess.load_rgb(it.path), size, size)[0]
     return out

@@ -103,6 +103,12 @@ def _train_images(
     return open_store(items, size, mode, cache_directory(Path(run_root), cache_dir))
 
 
+def train_images(run: RunDir, data: DataSplit, cfg: Config, unlabeled: bool = False):
+    """The training split's uint8 store (data.cache), followed by the data.unlabeled images with `unlabeled`."""
+    ufp = data.unlabeled_fingerprint if unlabeled else ""
+    return _train_images(str(run.root), data.fingerprint, cfg.data.image_size, ufp, cfg.data.cache, cfg.data.cache_dir)
+
+
 def train_data(
     run: RunDir,
     data: DataSplit,
@@ -114,12 +120,9 @@ def train_data(
     """The training split as uint8 images (+ validation tensors); with `unlabeled`, the data.unlabeled images
     follow it with label -1 (the KD student's pool, `DataSplit.kd_pool`)."""
     has_val = bool(data.subset("val"))
-    ufp = data.unlabeled_fingerprint if unlabeled else ""
-    labels = [it.label for it in (data.kd_pool() if ufp else data.subset("train"))]
+    labels = [it.label for it in (data.kd_pool() if unlabeled and data.unlabeled_fingerprint else data.subset("train"))]
     return TrainData(
-        images=_train_images(
-            str(run.root), data.fingerprint, cfg.data.image_size, ufp, cfg.data.cache, cfg.data.cache_dir
-        ),
+        images=train_images(run, data, cfg, unlabeled),
         labels=torch.tensor(labels, dtype=torch.int64),
         image_size=cfg.data.image_size,
         mean=tuple(cfg.data.mean),
@@ -388,7 +391,7 @@ def _label_chunk(teacher, cfg: Config, run: RunDir, data: DataSplit, index: torc
             bar.update(len(index))
         return {"index": index, "logits": logits}
     n = len(train)
-    images = train_data(run, data, cfg, unlabeled=True).images
+    images = train_images(run, data, cfg, unlabeled=True)
     k = kd.cache_views
     v = draw_views(index, n, k, kd.view_seed, cfg.train.mixup)
     flat = {key: t.reshape(len(index) * k, *t.shape[2:]) for key, t in v.items()}
