@@ -36,7 +36,7 @@ def _context(run, cfg, work: Path):
     from edgekd.export.context import ExportContext, calibration_images, export_options
     from edgekd.pipeline.data import load_split
     from edgekd.pipeline.rundir import sha256_file
-    from edgekd.pipeline.stages import eval_tensor, load_student
+    from edgekd.pipeline.stages import eval_images, load_student
 
     data = load_split(run)
     labels = list(data.classes)
@@ -51,7 +51,8 @@ def _context(run, cfg, work: Path):
         source_sha256=sha256_file(run.student_dir("student") / "model.safetensors"),
         options=export_options(cfg),
     )
-    x = eval_tensor(run, data, cfg, "test").numpy().astype(np.float32)
+    # the test images as the export's parity sees them: from the split's store into a memory-mapped scratch file
+    x = eval_images(run, data, cfg, "test").array(scratch=work)
     return ctx, x, data.labels("test")
 
 

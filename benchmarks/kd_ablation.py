@@ -71,6 +71,11 @@ ROWS = {
             ("kd.cache_views=8", "kd.alpha=0.9", "kd.temperature=4"),
         ),
         Row(
+            "views8-ens",
+            "8 views, teacher = Lite2 + Lite1 ensemble, flip-averaged (a stronger teacher)",
+            ("kd.cache_views=8", "teacher.ensemble=[efficientnet_lite2,efficientnet_lite1]"),
+        ),
+        Row(
             "views8-auto",
             "8 views, alpha / T chosen on the validation split (kd auto)",
             ("kd.cache_views=8", "kd.alpha=auto", "kd.temperature=auto"),

@@ -24,6 +24,7 @@ from edgekd.benchmarks.machine import count_macs
 from edgekd.export.formats import FORMATS, FormatSpec
 from edgekd.export.manifest import artifacts, manifest_path, read_manifest, read_model_json
 from edgekd.export.runtimes import can_run
+from edgekd.pipeline.config import teacher_size
 from edgekd.pipeline.errors import EdgekdError
 from edgekd.pipeline.progress import log
 from edgekd.pipeline.rundir import RunDir, atomic_path, atomic_write_json, read_json, sha256_file
@@ -75,29 +76,31 @@ def inputs_for(run: RunDir, cfg, data, n: int, meta_input: Optional[dict], cache
     key = (h, w, mean, std, round(scale, 9))
     if key in cache:
         return cache[key]
-    if (
-        (h, w) == (size, size)
-        and mean == tuple(cfg.data.mean)
-        and std == tuple(cfg.data.std)
-        and abs(scale - preprocess.SCALE) < 1e-12
-    ):
-        from edgekd.pipeline.stages import eval_tensor
+    path = bdir / f".inputs-{len(cache)}.npy"
+    if h == w and abs(scale - preprocess.SCALE) < 1e-12:
+        # the contract's images, normalised by the artifact's mean/std and written to the .npy a batch at a time (no
+        # float copy of the split in memory): from the test split's store (data.cache) at the run's size, else the
+        # n files decoded at the artifact's size
+        from edgekd.pipeline.imagestore import Normalised, file_images
+        from edgekd.pipeline.stages import eval_images
 
-        x = eval_tensor(run, data, cfg, "test")[:n].numpy()
-    else:
+        if h == size:
+            x = Normalised(eval_images(run, data, cfg, "test").store, mean, std)
+        else:
+            x = file_images(data.subset("test")[:n], h, mean, std)
+        x.array(n, path=path)
+    else:  # a non-square input or another scale: the contract's steps for these n images, a chunk at a time
         import torch
 
         items = data.subset("test")[:n]
-        raw = (
-            torch.cat([preprocess.resize_rgb(preprocess.load_rgb(it.path), h, w) for it in items])
-            if items
-            else torch.zeros((0, 3, h, w))
-        )
+        x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(items), 3, h, w))
         m = torch.tensor(mean).view(1, -1, 1, 1)
         s = torch.tensor(std).view(1, -1, 1, 1)
-        x = ((raw * scale - m) / s).numpy()
-    path = bdir / f".inputs-{len(cache)}.npy"
-    np.save(path, np.ascontiguousarray(x, dtype=np.float32))
+        for i in range(0, len(items), 128):
+            raw = torch.cat([preprocess.resize_rgb(preprocess.load_rgb(it.path), h, w) for it in items[i : i + 128]])
+            x[i : i + len(raw)] = ((raw * scale - m) / s).numpy()
+        x.flush()
+        del x
     cache[key] = path
     return path
 
@@ -126,7 +129,7 @@ def export_teacher_onnx(cfg, run: RunDir, num_classes: int, bdir: Path) -> tuple
 
     tmeta = read_json(run.teacher_meta)
     out, info_p = bdir / "teacher.onnx", bdir / "teacher.onnx.json"
-    size = cfg.data.image_size
+    size = teacher_size(cfg)
     want = {
         "teacher_sha256": tmeta["sha256"],
         "image_size": size,
@@ -174,7 +177,12 @@ def model_macs(cfg, run: RunDir, num_classes: int, bdir: Path) -> dict[str, Opti
 
     tsha = read_json(run.teacher_meta)["sha256"]
     ssha = sha256_file(run.student_dir("student") / "model.safetensors")
-    key = {"teacher_sha256": tsha, "student_sha256": ssha, "image_size": cfg.data.image_size}
+    key = {
+        "teacher_sha256": tsha,
+        "student_sha256": ssha,
+        "image_size": cfg.data.image_size,
+        "teacher_size": teacher_size(cfg),
+    }
     p = bdir / "macs.json"
     if p.exists():
         old = read_json(p)
@@ -184,7 +192,7 @@ def model_macs(cfg, run: RunDir, num_classes: int, bdir: Path) -> dict[str, Opti
     macs: dict[str, Optional[int]] = {}
     with torch.inference_mode():
         teacher = load_teacher(cfg, run, num_classes)
-        macs["teacher"] = None if isinstance(teacher, OnnxTeacher) else count_macs(teacher, size)
+        macs["teacher"] = None if isinstance(teacher, OnnxTeacher) else count_macs(teacher, teacher_size(cfg))
         del teacher
         macs["student"] = count_macs(load_student(cfg, run, num_classes, "student"), size)
     atomic_write_json(p, {"key": key, "macs": macs})
@@ -242,7 +250,7 @@ def blank_entry(**kw: Any) -> dict:
 def collect_subjects(cfg, run: RunDir, num_classes: int, bdir: Path) -> list[dict]:
     """Teacher (PyTorch, ONNX), PyTorch student and the manifest's artifacts, as entries with a 'spec'."""
     tmeta = read_json(run.require(run.teacher_meta, "run the teacher stage first"))
-    size = cfg.data.image_size
+    size, tsize = cfg.data.image_size, teacher_size(cfg)
     subjects: list[dict] = []
     teacher_onnx = {
         "name": "teacher-onnx",
@@ -250,6 +258,8 @@ def collect_subjects(cfg, run: RunDir, num_classes: int, bdir: Path) -> list[dic
         "format": ONNX_FP32.format,
         "precision": ONNX_FP32.precision,
         "runtime": ONNX_FP32.runtime,
+        # a teacher.image_size teacher is measured on its own input size (accuracy and latency)
+        "model_input": {"height": tsize, "width": tsize},
     }
     if tmeta.get("kind") == "onnx":
         subjects.append(
@@ -285,13 +295,14 @@ def collect_subjects(cfg, run: RunDir, num_classes: int, bdir: Path) -> list[dic
                 path=rel_path(run, w),
                 sha256=tmeta.get("sha256"),
                 size_bytes=size_of(w),
+                model_input={"height": tsize, "width": tsize},
                 spec={
                     "kind": "torch",
                     "path": str(w),
                     "builder": "teacher",
                     "arch": tmeta["arch"],
                     "num_classes": num_classes,
-                    "image_size": size,
+                    "image_size": tsize,
                     "channels_last": bool(cfg.train.channels_last),
                 },
             )

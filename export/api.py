@@ -460,7 +460,7 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None, force: boo
 
     from edgekd.pipeline.data import load_split
     from edgekd.pipeline.report import update_report
-    from edgekd.pipeline.stages import eval_tensor, load_student
+    from edgekd.pipeline.stages import eval_images, load_student
 
     t_start = time.time()
     specs = resolve_formats(formats if formats is not None else cfg.export.formats)
@@ -481,21 +481,22 @@ def run_export(run: RunDir, cfg, formats: Optional[list[str]] = None, force: boo
     model = load_student(cfg, run, len(labels))
     threads = _threads(cfg, opts)
 
-    # parity images: the test split through the preprocessing contract; the PyTorch student as reference
-    x = eval_tensor(run, data, cfg, "test").numpy().astype(np.float32)
-    y = data.labels("test")
-    if cfg.export.parity_images:
-        x, y = x[: cfg.export.parity_images], y[: cfg.export.parity_images]
-    if not len(x):
+    exports_dir = run.path("exports")
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    work = exports_dir / f".work-{os.getpid()}"
+    # parity images: the first export.parity_images (default all) test images through the preprocessing contract,
+    # read from the test split's store (data.cache) a batch at a time into a memory-mapped scratch file, so the
+    # export holds no float copy of the split in memory; the PyTorch student on them is the reference
+    test = eval_images(run, data, cfg, "test")
+    if not len(test):
         raise EdgekdError("the test split is empty: nothing to check parity on")
+    x = test.array(cfg.export.parity_images, scratch=exports_dir)
+    y = data.labels("test")[: len(x)]
     with torch.inference_mode():
         ref = torch.cat([model(torch.from_numpy(x[i : i + 64])) for i in range(0, len(x), 64)]).float().numpy()
     needs_calib = any(s.precision in ("int8", "dynamic-int8") or s.format == "tflite" for s in specs)
     calib = calibration_images(data, cfg, cfg.export.calibration_images if needs_calib else 1)
 
-    exports_dir = run.path("exports")
-    exports_dir.mkdir(parents=True, exist_ok=True)
-    work = exports_dir / f".work-{os.getpid()}"
     ctx = ExportContext.of_config(
         cfg,
         model=model,

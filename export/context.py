@@ -149,9 +149,9 @@ def logit_mse(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def calibration_images(data, cfg, n: int) -> np.ndarray:
-    """Up to n training images, classes taken in turn (deterministic), through the preprocessing contract."""
-    from edgekd.pipeline import preprocess
-    from edgekd.pipeline.data import decode_resized
+    """Up to n training images, classes taken in turn (deterministic), through the preprocessing contract (decoded
+    from their files: n is export.calibration_images or int8_qat_images, not the split)."""
+    from edgekd.pipeline.imagestore import file_images
 
     by: dict[int, list] = {}
     for it in sorted(data.subset("train"), key=lambda i: i.key):
@@ -164,10 +164,7 @@ def calibration_images(data, cfg, n: int) -> np.ndarray:
                 picked.append(q.pop(0))
     if not picked:
         raise EdgekdError("no training images for int8 calibration (the train split is empty)")
-    x = preprocess.normalize(
-        decode_resized(picked, cfg.data.image_size, desc="load calibration"), cfg.data.mean, cfg.data.std
-    )
-    return x.numpy().astype(np.float32)
+    return file_images(picked, cfg.data.image_size, cfg.data.mean, cfg.data.std).array(desc="load calibration")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -80,6 +80,12 @@ class TeacherConfig(_Section):
     tta_flips: bool = Field(
         False, description="the teacher averages its logits over horizontal and vertical flips of every input"
     )
+    image_size: Optional[int] = Field(
+        None,
+        ge=32,
+        description="the teacher's input size (null: data.image_size). A larger teacher sees the same crop of each "
+        "image at its own resolution; needs kd.mode=cached",
+    )
 
 
 class StudentConfig(_Section):
@@ -295,6 +301,9 @@ class Config(_Section):
                 "kd.feature needs one teacher on one view: set teacher.tta_flips=false and at most one "
                 "teacher.ensemble member"
             )
+        if teacher_size(self) != self.data.image_size and self.kd.mode == "online":
+            # online KD feeds the student's batch to the teacher; views at another size exist only when cached
+            raise ValueError("teacher.image_size different from data.image_size needs kd.mode=cached")
         return self
 
     @field_validator("stages")
@@ -304,6 +313,11 @@ class Config(_Section):
             if s not in ALL_STAGES:
                 raise ValueError(f"unknown stage {s!r}; stages are {', '.join(ALL_STAGES)}")
         return v
+
+
+def teacher_size(cfg: Config) -> int:
+    """The teacher's input size: teacher.image_size, or the student's data.image_size."""
+    return int(cfg.teacher.image_size or cfg.data.image_size)
 
 
 # Presets are plain override dicts so that `--set` and YAML files compose with them the same way.

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from edgekd.pipeline import preprocess
 from edgekd.pipeline.config import DataConfig
 from edgekd.pipeline.errors import EdgekdError
+from edgekd.pipeline.imagestore import decode_contract
 from edgekd.pipeline.progress import progress
 from edgekd.pipeline.rundir import RunDir, atomic_write_json, read_json
 
@@ -314,9 +314,9 @@ def load_split(run: RunDir) -> DataSplit:
 
 
 def decode_resized(items: list[Item], size: int, desc: Optional[str] = "decode") -> torch.Tensor:
-    """N x 3 x size x size float32 (0..255) through the preprocessing contract's resize (uint8 training images:
-    edgekd.pipeline.imagestore)."""
+    """N x 3 x size x size float32 (0..255) through the preprocessing contract's resize, for a few images (a
+    chunk); whole splits are read through an edgekd.pipeline.imagestore store, a batch at a time."""
     out = torch.empty((len(items), 3, size, size), dtype=torch.float32)
     for i, it in enumerate(progress(items, desc=desc, unit="img") if desc else items):
-        out[i] = preprocess.resize_rgb(preprocess.load_rgb(it.path), size, size)[0]
+        out[i] = decode_contract(it.path, size)
     return out

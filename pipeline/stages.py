@@ -14,12 +14,12 @@ import torch.nn as nn
 
 from edgekd.pipeline import __version__, preprocess
 from edgekd.pipeline import distributed as dist_
-from edgekd.pipeline.config import Config
+from edgekd.pipeline.config import Config, teacher_size
 from edgekd.pipeline.coverage import coverage_report
 from edgekd.pipeline.data import UNLABELED, DataSplit, decode_resized, load_split, prepare_data
 from edgekd.pipeline.errors import EdgekdError, GateFailed
 from edgekd.pipeline.evaluate import accuracy_gap_gate, classification_metrics, collapse_gate, kd_advice
-from edgekd.pipeline.imagestore import cache_directory, open_store
+from edgekd.pipeline.imagestore import Normalised, cache_directory, file_images, open_eval_store, open_store
 from edgekd.pipeline.models import (
     OnnxTeacher,
     TeacherEnsemble,
@@ -78,20 +78,31 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------------
-# cached tensors (decoded once per process)
+# image stores (opened once per process)
 
 
 @lru_cache(maxsize=8)
-def _eval_tensor(run_root: str, split_fp: str, split: str, size: int, mean: tuple, std: tuple) -> torch.Tensor:
+def _eval_store(run_root: str, split_fp: str, split: str, size: int, mode: str, cache_dir: Optional[str]):
     items = load_split(RunDir(run_root)).subset(split)
-    return preprocess.normalize(decode_resized(items, size, desc=f"load {split}"), mean, std)
+    return open_eval_store(items, size, mode, cache_directory(Path(run_root), cache_dir), what=split)
 
 
-def eval_tensor(run: RunDir, data: DataSplit, cfg: Config, split: str) -> torch.Tensor:
-    """Normalised NCHW tensors of a split through the preprocessing contract."""
-    return _eval_tensor(
-        str(run.root), data.fingerprint, split, cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std)
+def eval_images(run: RunDir, data: DataSplit, cfg: Config, split: str, size: Optional[int] = None) -> Normalised:
+    """A split (val, test, ...) through the preprocessing contract at `size` (default data.image_size; a
+    teacher.image_size teacher's own size), held where data.cache says and normalised a batch at a time as it
+    is read (`view[a:b]`, `view.array(n)`): no reader holds a normalised copy of the split."""
+    store = _eval_store(
+        str(run.root), data.fingerprint, split, size or cfg.data.image_size, cfg.data.cache, cfg.data.cache_dir
     )
+    return Normalised(store, cfg.data.mean, cfg.data.std)
+
+
+def eval_tensor(
+    run: RunDir, data: DataSplit, cfg: Config, split: str, size: Optional[int] = None, n: Optional[int] = None
+) -> torch.Tensor:
+    """The first n images (default all) of a split as one normalised tensor, for a consumer that needs a few as
+    an array (tests, a sample); whole-split readers use `eval_images`."""
+    return eval_images(run, data, cfg, split, size)[:n]
 
 
 @lru_cache(maxsize=2)
@@ -103,10 +114,12 @@ def _train_images(
     return open_store(items, size, mode, cache_directory(Path(run_root), cache_dir))
 
 
-def train_images(run: RunDir, data: DataSplit, cfg: Config, unlabeled: bool = False):
-    """The training split's uint8 store (data.cache), followed by the data.unlabeled images with `unlabeled`."""
+def train_images(run: RunDir, data: DataSplit, cfg: Config, unlabeled: bool = False, size: Optional[int] = None):
+    """The training split's uint8 store (data.cache), followed by the data.unlabeled images with `unlabeled`;
+    held for input `size` (default data.image_size; the teacher's own size for a teacher.image_size teacher)."""
     ufp = data.unlabeled_fingerprint if unlabeled else ""
-    return _train_images(str(run.root), data.fingerprint, cfg.data.image_size, ufp, cfg.data.cache, cfg.data.cache_dir)
+    size = size or cfg.data.image_size
+    return _train_images(str(run.root), data.fingerprint, size, ufp, cfg.data.cache, cfg.data.cache_dir)
 
 
 def train_data(
@@ -116,18 +129,20 @@ def train_data(
     teacher_logits: Optional[torch.Tensor] = None,
     views: Optional[CachedViews] = None,
     unlabeled: bool = False,
+    size: Optional[int] = None,
 ) -> TrainData:
-    """The training split as uint8 images (+ validation tensors); with `unlabeled`, the data.unlabeled images
-    follow it with label -1 (the KD student's pool, `DataSplit.kd_pool`)."""
+    """The training split as uint8 images (+ the validation split, read through its store a batch at a time); with
+    `unlabeled`, the data.unlabeled images follow it with label -1 (the KD student's pool, `DataSplit.kd_pool`).
+    `size`: the input size trained at (default data.image_size)."""
     has_val = bool(data.subset("val"))
     labels = [it.label for it in (data.kd_pool() if unlabeled and data.unlabeled_fingerprint else data.subset("train"))]
     return TrainData(
-        images=train_images(run, data, cfg, unlabeled),
+        images=train_images(run, data, cfg, unlabeled, size),
         labels=torch.tensor(labels, dtype=torch.int64),
-        image_size=cfg.data.image_size,
+        image_size=size or cfg.data.image_size,
         mean=tuple(cfg.data.mean),
         std=tuple(cfg.data.std),
-        val_x=eval_tensor(run, data, cfg, "val") if has_val else None,
+        val_x=eval_images(run, data, cfg, "val", size) if has_val else None,
         val_y=torch.from_numpy(data.labels("val")) if has_val else None,
         teacher_logits=teacher_logits,
         num_classes=len(data.classes),
@@ -157,9 +172,9 @@ def _spec_common(cfg: Config, teacher: bool = False) -> dict:
     )
 
 
-def _preproc_key(cfg: Config) -> dict:
+def _preproc_key(cfg: Config, size: Optional[int] = None) -> dict:
     return {
-        "size": cfg.data.image_size,
+        "size": size or cfg.data.image_size,
         "mean": list(cfg.data.mean),
         "std": list(cfg.data.std),
         "resize": preprocess.RESIZE_ALGORITHM,
@@ -203,15 +218,17 @@ def _teacher_fp(cfg: Config, data: DataSplit) -> str:
     src = sha256_file(Path(t.onnx).expanduser()) if t.onnx and Path(t.onnx).expanduser().is_file() else t.onnx
     wfile = Path(t.weights).expanduser() if t.weights else None
     wsig = sha256_file(wfile) if wfile is not None and wfile.is_file() else t.weights
-    # a single teacher without flips keeps the identity it had before ensembles existed (no retraining on upgrade)
-    tdump = t.model_dump(mode="json", exclude=set() if (t.ensemble or t.tta_flips) else {"ensemble", "tta_flips"})
+    # a single teacher without flips keeps the identity it had before ensembles existed (no retraining on upgrade);
+    # the same for teacher.image_size left at null (its size is in the preprocessing key)
+    skip = set() if (t.ensemble or t.tta_flips) else {"ensemble", "tta_flips"}
+    tdump = t.model_dump(mode="json", exclude=skip | ({"image_size"} if t.image_size is None else set()))
     return fingerprint(
         "teacher",
         tdump,
         src,
         wsig,
         data.fingerprint,
-        _preproc_key(cfg),
+        _preproc_key(cfg, teacher_size(cfg)),
         _spec_common(cfg, teacher=True),
     )
 
@@ -230,7 +247,7 @@ def load_teacher(cfg: Config, run: RunDir, num_classes: int) -> nn.Module:
     meta = read_json(run.require(run.teacher_meta, "run the teacher stage first (edgekd teacher RUN_DIR)"))
     if meta["kind"] == "onnx":
         return OnnxTeacher(meta["path"], threads=cfg.train.threads)
-    model, _ = build_teacher(meta["arch"], None, num_classes, cfg.data.image_size)
+    model, _ = build_teacher(meta["arch"], None, num_classes, teacher_size(cfg))
     model.load_state_dict(load_state_dict_file(run.teacher_weights))
     return model.eval()
 
@@ -276,7 +293,7 @@ def stage_teacher(cfg: Config, run: RunDir, data: DataSplit, resume: bool = Fals
             mfile, mmeta = mdir / "model.safetensors", mdir / "meta.json"
             if mmeta.exists() and read_json(mmeta).get("fingerprint") == mfp and mfile.exists():
                 log(f"teacher: member {i + 1}/{len(members)} ({a}) up to date, skipped")
-                m, _ = build_teacher(a, None, k, cfg.data.image_size)
+                m, _ = build_teacher(a, None, k, teacher_size(cfg))
                 m.load_state_dict(load_state_dict_file(mfile))
                 parts.append((m, read_json(mmeta)))
                 continue
@@ -304,6 +321,7 @@ def stage_teacher(cfg: Config, run: RunDir, data: DataSplit, resume: bool = Fals
             "train": history,
             "sha256": sha256_file(run.teacher_weights),
             "world_size": dist_.world_size(),
+            "image_size": teacher_size(cfg),
         }
         if len(members) > 1 or t.tta_flips:
             meta["ensemble"] = {"members": members, "tta_flips": t.tta_flips}
@@ -319,7 +337,7 @@ def _fit_teacher(cfg: Config, run: RunDir, data: DataSplit, arch: str, member: i
     t = cfg.teacher
     k = len(data.classes)
     torch.manual_seed(cfg.train.seed + member)  # a new classifier head is initialised here: same head every run
-    model, info = build_teacher(arch, t.weights, k, cfg.data.image_size)
+    model, info = build_teacher(arch, t.weights, k, teacher_size(cfg))
     finetune = t.finetune == "always" or (t.finetune == "auto" and not info.has_head)
     if t.finetune == "never" and not info.has_head:
         raise EdgekdError(f"teacher.finetune=never but {info.source} has no head for these {k} classes")
@@ -343,7 +361,7 @@ def _fit_teacher(cfg: Config, run: RunDir, data: DataSplit, arch: str, member: i
         res = train_model(
             model,
             spec,
-            train_data(run, data, cfg),
+            train_data(run, data, cfg, size=teacher_size(cfg)),
             resolve_device(cfg.train.device),
             resume=resume,
             num_workers=cfg.train.num_workers,
@@ -366,7 +384,9 @@ def soft_label_dir(cfg: Config, run: RunDir, data: DataSplit) -> tuple[Path, str
         if kd.cache_views
         else None
     )
-    fp = fingerprint("soft_labels", meta["sha256"], [(it.key, it.sha256) for it in train], _preproc_key(cfg), views)
+    # the teacher's input size: views are the same crop boxes at the teacher's resolution
+    pre = _preproc_key(cfg, teacher_size(cfg))
+    fp = fingerprint("soft_labels", meta["sha256"], [(it.key, it.sha256) for it in train], pre, views)
     root = Path(kd.cache_dir).expanduser() if kd.cache_dir else run.path("soft_labels")
     return root / fp, fp
 
@@ -379,8 +399,9 @@ def soft_labels_for(cfg: Config, run: RunDir, data: DataSplit) -> tuple[torch.Te
 @torch.no_grad()
 def _label_chunk(teacher, cfg: Config, run: RunDir, data: DataSplit, index: torch.Tensor, device, bar=None) -> dict:
     """Teacher logits for one chunk of training images: the un-augmented image (through the preprocessing
-    contract, as evaluation sees it), or its kd.cache_views views (rendered from the student's uint8 source)."""
-    kd, size = cfg.kd, cfg.data.image_size
+    contract, as evaluation sees it), or its kd.cache_views views: the student's crop boxes (relative to the
+    image), rendered at the teacher's input size from a uint8 source held for that size."""
+    kd, size = cfg.kd, teacher_size(cfg)
     cl = cfg.train.channels_last and not isinstance(teacher, OnnxTeacher)
     train = data.kd_pool()
     if not kd.cache_views:
@@ -391,7 +412,7 @@ def _label_chunk(teacher, cfg: Config, run: RunDir, data: DataSplit, index: torc
             bar.update(len(index))
         return {"index": index, "logits": logits}
     n = len(train)
-    images = train_images(run, data, cfg, unlabeled=True)
+    images = train_images(run, data, cfg, unlabeled=True, size=size)
     k = kd.cache_views
     v = draw_views(index, n, k, kd.view_seed, cfg.train.mixup)
     flat = {key: t.reshape(len(index) * k, *t.shape[2:]) for key, t in v.items()}
@@ -717,13 +738,16 @@ def load_student(cfg: Config, run: RunDir, num_classes: int, kind: str = "studen
 
 
 @torch.no_grad()
-def teacher_logits_of(teacher, items: list, cfg: Config, desc: str, chunk: int = 256) -> np.ndarray:
-    """The teacher's logits for un-augmented images, decoded a chunk at a time (memory does not grow with N)."""
+def teacher_logits_of(
+    teacher, items: list, cfg: Config, desc: str, chunk: int = 256, size: Optional[int] = None
+) -> np.ndarray:
+    """The teacher's logits for un-augmented images at `size` (default the teacher's input size), decoded from
+    the files a chunk at a time (memory does not grow with N)."""
     out = []
     cl = not isinstance(teacher, OnnxTeacher)
-    for i in progress(range(0, len(items), chunk), desc=desc, unit="chunk"):
-        x = decode_resized(items[i : i + chunk], cfg.data.image_size, desc=None)
-        out.append(predict_logits(teacher, preprocess.normalize(x, cfg.data.mean, cfg.data.std), channels_last=cl))
+    x = file_images(items, size or teacher_size(cfg), cfg.data.mean, cfg.data.std)
+    for i in progress(range(0, len(x), chunk), desc=desc, unit="chunk"):
+        out.append(predict_logits(teacher, x[i : i + chunk], channels_last=cl))
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -798,10 +822,12 @@ def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
             write_core_report(cfg, run)
         return read_json(run.metrics)
     y = data.labels("test")
-    x = eval_tensor(run, data, cfg, "test")
+    x = eval_images(run, data, cfg, "test")  # read and normalised a batch at a time
     teacher = load_teacher(cfg, run, k)
     onnx_t = isinstance(teacher, OnnxTeacher)
-    logits = {"teacher": predict_logits(teacher, x, desc="eval teacher", channels_last=not onnx_t).numpy()}
+    # a teacher.image_size teacher is evaluated at its own input size
+    xt = x if teacher_size(cfg) == cfg.data.image_size else eval_images(run, data, cfg, "test", teacher_size(cfg))
+    logits = {"teacher": predict_logits(teacher, xt, desc="eval teacher", channels_last=not onnx_t).numpy()}
     seed_logits: dict[str, list[np.ndarray]] = {}
     for kind in STUDENT_KINDS:
         seed_logits[kind] = [

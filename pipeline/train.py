@@ -9,6 +9,7 @@ same weights as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -78,7 +79,8 @@ class TrainData:
     image_size: int
     mean: tuple
     std: tuple
-    val_x: Optional[torch.Tensor] = None  # normalised float N x 3 x H x W
+    # normalised float N x 3 x H x W: a tensor, or an imagestore.Normalised view that reads a batch at a time
+    val_x: Any = None
     val_y: Optional[torch.Tensor] = None
     teacher_logits: Optional[torch.Tensor] = None  # cached soft labels, N x C
     num_classes: int = 0
@@ -230,20 +232,55 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return f
 
 
+class _Slices(torch.utils.data.Dataset):
+    """Batch b of `x` (a tensor or an imagestore view): what a DataLoader worker reads."""
+
+    def __init__(self, x, batch_size: int):
+        self.x, self.bs = x, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.bs)
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        return self.x[b * self.bs : (b + 1) * self.bs]
+
+
+def loader_workers(num_workers: int, images) -> int:
+    """DataLoader workers for reading `images`: train.num_workers, or, when it is 0 and the images are decoded
+    from the files on access (data.cache=none), enough workers that decoding overlaps the model instead of
+    stalling it (results do not depend on the number of workers); the cores are shared by this node's ranks."""
+    if num_workers or getattr(images, "kind", None) != "none":
+        return num_workers
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(4, ((os.cpu_count() or 2) - ranks) // ranks))
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Any,
     batch_size: int = 128,
     device: str = "cpu",
     desc: Optional[str] = None,
     channels_last: bool = True,
+    num_workers: int = 0,
 ) -> torch.Tensor:
+    """Logits of `x` (normalised NCHW: a tensor, or an imagestore view read a batch at a time), `batch_size` at a
+    time; with `num_workers`, the batches are read in DataLoader workers (a view decoded from the files)."""
     model.eval()
     outs = []
-    it = range(0, len(x), batch_size)
-    for i in progress(it, desc=desc, unit="batch") if desc else it:
-        xb = x[i : i + batch_size].to(device)
+    n_batches = math.ceil(len(x) / batch_size)
+    if num_workers and not isinstance(x, torch.Tensor) and n_batches:
+        it = torch.utils.data.DataLoader(
+            _Slices(x, batch_size),
+            batch_size=None,
+            num_workers=min(num_workers, n_batches),
+            pin_memory=str(device).startswith("cuda"),
+        )
+    else:
+        it = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    for xb in progress(it, desc=desc, unit="batch", total=n_batches) if desc else it:
+        xb = xb.to(device, non_blocking=True)
         if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         outs.append(model(xb).float().cpu())
@@ -509,6 +546,10 @@ def train_model(
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=sch.head_epochs > 0,
         )
+    workers = loader_workers(num_workers, data.images)
+    if workers != num_workers and rank == 0:
+        log(f"{spec.name}: images decoded from the files (data.cache=none): {workers} DataLoader worker(s) decode them")
+    val_workers = loader_workers(num_workers, data.val_x)
     bar = progress(
         None,
         desc=f"train {spec.name}",
@@ -544,7 +585,7 @@ def train_model(
                 batches,
                 batch_size=None,
                 shuffle=False,
-                num_workers=num_workers,
+                num_workers=workers,
                 pin_memory=device.type == "cuda",
                 persistent_workers=False,
             )
@@ -560,7 +601,9 @@ def train_model(
                 "train_seconds": round(time.time() - t_epoch, 2),
             }
             if data.val_x is not None and len(data.val_x):
-                vl = predict_logits(model, data.val_x, device=str(device), channels_last=spec.channels_last)
+                vl = predict_logits(
+                    model, data.val_x, device=str(device), channels_last=spec.channels_last, num_workers=val_workers
+                )
                 rec["val_accuracy"] = (vl.argmax(1) == data.val_y).float().mean().item()
                 rec["val_loss"] = F.cross_entropy(vl, data.val_y).item()
                 if improved(rec, best):

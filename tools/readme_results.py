@@ -62,3 +62,18 @@ for name in ("kd-ablation-quick", "kd-ablation-full"):
             f"| {pct(bl['accuracy'])} ± {(bl.get('accuracy_std') or 0) * 100:.1f} (F1 {bl['macro_f1']:.2f}) "
             f"| {v.get('kd_gain_mean', float('nan')):+.1f} [{lo:+.1f}, {hi:+.1f}] |"
         )
+try:
+    t = json.load(open("benchmarks/results/teacher-ablation-full.json"))
+    print()
+    print(f"teacher-ablation-full: `{t['command']}`")
+    print("| teacher | px | flips | test accuracy | macro-F1 | recall per class | fine-tuning |")
+    print("|---|---|---|---|---|---|---|")
+    for r in t["rows"]:
+        s = r["settings"]
+        rec = " / ".join(f"{v:.2f}" for v in r["per_class_recall"].values())
+        print(
+            f"| {' + '.join(s['ensemble'])} | {s['image_size']} | {'yes' if s['tta_flips'] else 'no'} "
+            f"| {pct(r['accuracy'])} | {r['macro_f1']:.2f} | {rec} | {r['train_seconds'] / 60:.1f} min |"
+        )
+except FileNotFoundError:
+    pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,9 +12,10 @@ from edgekd.cli import main
 from edgekd.pipeline import preprocess, stages
 from edgekd.pipeline.config import load_config
 from edgekd.pipeline.data import load_split
-from edgekd.pipeline.rundir import RunDir
+from edgekd.pipeline.errors import EdgekdError
+from edgekd.pipeline.rundir import RunDir, read_json
 from edgekd.pipeline.train import EpochBatches, predict_logits
-from edgekd.pipeline.views import chunk_path, chunks_of, draw_views, read_soft_labels
+from edgekd.pipeline.views import chunk_path, chunks_of, draw_views, read_soft_labels, render
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -97,3 +99,59 @@ def test_interrupted_soft_label_pass_resumes_from_complete_chunks(tiny_run, tmp_
     assert len(counted) == len(plan) - 1
     logits, views = read_soft_labels(directory, n)
     assert logits.shape[:2] == (n, 2) and views is not None
+
+
+def test_teacher_at_its_own_size_labels_the_same_views_at_that_size(tiny_run, tmp_path):
+    """teacher.image_size: the teacher is trained, labels its views and is evaluated at its own input size,
+    while the student keeps data.image_size (32 here)."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    sets = TINY_OVERRIDES + ["kd.cache_views=2", "teacher.image_size=48", "gate.max_accuracy_drop=100"]
+    args = ["run", "--data", load_split(RunDir(tiny_run)).source, "--out", str(out)]
+    args += ["--stages", "data,teacher,soft_labels,student,baseline,evaluate"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    run, cfg = RunDir(out), load_config(out / "config.yaml")
+    data = load_split(run)
+    assert read_json(run.teacher_meta)["image_size"] == 48
+    teacher = stages.load_teacher(cfg, run, len(data.classes))
+    logits, views = stages.soft_labels_for(cfg, run, data)
+    big = stages.train_images(run, data, cfg, size=48)
+    idx = torch.arange(4)
+    px = render(
+        big,
+        idx,
+        views.r[idx, 1],
+        views.partner[idx, 1],
+        views.r_partner[idx, 1],
+        views.lam[idx, 1],
+        48,
+        tuple(cfg.train.crop_scale),
+    )
+    assert px.shape[-1] == 48
+    live = predict_logits(teacher, preprocess.normalize(px, cfg.data.mean, cfg.data.std))
+    assert torch.allclose(live, views.logits[idx, 1], atol=1e-4), (live - views.logits[idx, 1]).abs().max()
+    # the student trains and is evaluated at its own size; the teacher's test logits come from 48 px inputs
+    tdata = stages.train_data(run, data, cfg, None, views)
+    assert tdata.image_size == 32 and tdata.val_x.shape[-1] == 32
+    with np.load(run.path("eval", "logits.npz")) as z:
+        saved = z["teacher"]
+    x48 = stages.eval_tensor(run, data, cfg, "test", 48)
+    assert np.allclose(saved, predict_logits(teacher, x48).numpy(), atol=1e-4)
+    # the benchmark measures the teacher at its own size too (accuracy inputs and the ONNX export)
+    from edgekd.benchmarks.subjects import collect_subjects, inputs_for
+
+    bdir = run.path("bench")
+    bdir.mkdir(exist_ok=True)
+    subjects = {e["name"]: e for e in collect_subjects(cfg, run, len(data.classes), bdir)}
+    for name in ("teacher-pytorch", "teacher-onnx"):
+        assert subjects[name]["model_input"] == {"height": 48, "width": 48}, name
+    assert subjects["student-pytorch"].get("model_input") in (None, {})
+    x = np.load(inputs_for(run, cfg, data, 3, subjects["teacher-onnx"]["model_input"], {}, bdir))
+    assert x.shape == (3, 3, 48, 48)
+
+
+def test_teacher_size_needs_cached_mode():
+    with pytest.raises(EdgekdError, match="teacher.image_size"):
+        load_config(None, preset="quick", overrides={"teacher": {"image_size": 224}, "kd": {"mode": "online"}})
