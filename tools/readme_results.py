@@ -77,3 +77,17 @@ try:
         )
 except FileNotFoundError:
     pass
+try:
+    sc = json.load(open("benchmarks/results/scale.json"))
+    print()
+    print(f"scale: `{sc['command']}`")
+    print("| N | train / val | stage | wall s | img/s | peak anonymous MiB | peak file-backed MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in sc["rows"]:
+        p = r["peak_mib"]
+        print(
+            f"| {r['n']:,} | {r['train_images']:,} / {r['val_images']:,} | {r['stage']} | {r['wall_s']:.0f} "
+            f"| {r['img_per_s']:.1f} | {p['anon']:.0f} | {p['file']:.0f} |"
+        )
+except FileNotFoundError:
+    pass

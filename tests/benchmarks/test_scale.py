@@ -83,6 +83,13 @@ def test_scale_benchmark_rows_for_every_size_and_stage(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert res["command"] in md and "Extrapolation" in md and "not a measurement" in md
     assert md.count("| 64 | ") == len(scale.STAGES) + 1  # the stage rows and the disk row
+    # a later call with the same settings adds its size and keeps the earlier ones (and both commands)
+    cmd2 = [c if c != "64,16" else "32" for c in cmd]
+    subprocess.run(cmd2, check=True)
+    res2 = json.loads(out.with_suffix(".json").read_text())
+    assert sorted({r["n"] for r in res2["rows"]}) == [16, 32, 64]
+    assert res2["command"].startswith(res["command"] + ", then ") and "--sizes 32" in res2["command"]
+    assert res2["generation"] == res["generation"]  # the call that wrote the images
 
 
 def test_extrapolation_is_the_line_through_two_sizes():
