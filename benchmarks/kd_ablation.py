@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -187,6 +188,18 @@ def collect(spec: str, preset: str, seeds: int) -> dict:
     return summarise(row, " ".join(_quote(c) for c in cmd), out, {"exit_code": 0, "wall_s": wall})
 
 
+def keep_earlier_rows(path: Path, rows: list[dict], same: Callable[[dict], bool] = lambda prev: True) -> list[dict]:
+    """The rows of the earlier results file at `path` that `rows` does not replace (by name), then `rows`: one
+    file holds the whole ablation. `rows` itself when there is no earlier file or `same(earlier doc)` is false."""
+    if not path.exists():
+        return rows
+    prev = json.loads(path.read_text())
+    if not same(prev):
+        return rows
+    mine = {r["name"] for r in rows}
+    return [r for r in prev.get("rows", []) if r["name"] not in mine] + rows
+
+
 def _ms(m: dict, key: str = "accuracy", scale: float = 100.0, fmt: str = "{:.1f}") -> str:
     v = m.get(key)
     if v is None:
@@ -273,14 +286,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         "seeds": a.seeds,
         "rows": rows,
     }
-    # rows from an earlier invocation that this one did not run are kept (one file holds the whole ablation)
     old = Path(f"{a.out}.json")
-    if old.exists():
-        prev = json.loads(old.read_text())
-        if prev.get("preset") == a.preset:
-            mine = {r["name"] for r in rows}
-            doc["rows"] = [r for r in prev.get("rows", []) if r["name"] not in mine] + rows
-            doc["rows"].sort(key=lambda r: list(ROWS).index(r["name"]) if r["name"] in ROWS else 99)
+    doc["rows"] = keep_earlier_rows(old, rows, same=lambda prev: prev.get("preset") == a.preset)
+    if doc["rows"] is not rows:
+        doc["rows"].sort(key=lambda r: list(ROWS).index(r["name"]) if r["name"] in ROWS else 99)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     old.write_text(json.dumps(doc, indent=1) + "\n")
     Path(f"{a.out}.md").write_text(render_markdown(doc))

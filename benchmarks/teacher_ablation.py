@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from edgekd.benchmarks.kd_ablation import keep_earlier_rows
 from edgekd.pipeline.config import load_config, teacher_size
 from edgekd.pipeline.data import load_split
 from edgekd.pipeline.evaluate import classification_metrics
@@ -45,7 +46,7 @@ def teacher_row(name: str, run_dir: Path) -> dict:
     data = load_split(run)
     meta = read_json(run.require(run.teacher_meta, "run the teacher stage first"))
     teacher = stages.load_teacher(cfg, run, len(data.classes))
-    x = stages.eval_tensor(run, data, cfg, "test", teacher_size(cfg))
+    x = stages.eval_images(run, data, cfg, "test", teacher_size(cfg))  # read a batch at a time
     m = classification_metrics(
         predict_logits(teacher, x, desc=f"test {name}").numpy(), data.labels("test"), data.classes
     )
@@ -120,9 +121,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "rows": rows,
     }
     old = Path(f"{a.out}.json")
-    if old.exists():  # one file holds the whole ablation: rows this call did not measure are kept
-        mine = {r["name"] for r in rows}
-        doc["rows"] = [r for r in json.loads(old.read_text()).get("rows", []) if r["name"] not in mine] + rows
+    doc["rows"] = keep_earlier_rows(old, rows)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     old.write_text(json.dumps(doc, indent=1) + "\n")
     Path(f"{a.out}.md").write_text(render_markdown(doc))

@@ -825,8 +825,8 @@ def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
     x = eval_images(run, data, cfg, "test")  # read and normalised a batch at a time
     teacher = load_teacher(cfg, run, k)
     onnx_t = isinstance(teacher, OnnxTeacher)
-    # a teacher.image_size teacher is evaluated at its own input size
-    xt = x if teacher_size(cfg) == cfg.data.image_size else eval_images(run, data, cfg, "test", teacher_size(cfg))
+    # a teacher.image_size teacher is evaluated at its own input size (the same store when it is data.image_size)
+    xt = eval_images(run, data, cfg, "test", teacher_size(cfg))
     logits = {"teacher": predict_logits(teacher, xt, desc="eval teacher", channels_last=not onnx_t).numpy()}
     seed_logits: dict[str, list[np.ndarray]] = {}
     for kind in STUDENT_KINDS:
