@@ -7,6 +7,11 @@ A teacher bounds what its student can learn from it, and a stronger one costs tr
 soft-labels pass, so each teacher setting is measured on its own before students are trained on it. Every row
 is the run's teacher (`teacher/model.safetensors`, at its own input size) on the run's test split, with its
 settings from the run's config.yaml and its fine-tuning seconds. Rows of an earlier invocation are kept.
+
+One test accuracy carries about +-1.7 points of noise on ELPV, so each row is also compared with a reference row
+(`--reference NAME`, default the first) on the same test images: the paired difference in points, its bootstrap
+95% interval over test images and McNemar's p (edgekd.pipeline.verdict), from the per-image results each row
+stores. Rows on another test split (another data fingerprint) are not compared.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from edgekd.benchmarks.kd_ablation import keep_earlier_rows
 from edgekd.pipeline.config import load_config, teacher_size
 from edgekd.pipeline.data import load_split
 from edgekd.pipeline.evaluate import classification_metrics
 from edgekd.pipeline.machine import summary as machine_summary
-from edgekd.pipeline.rundir import RunDir, read_json
+from edgekd.pipeline.rundir import RunDir, fingerprint, read_json
+from edgekd.pipeline.verdict import mcnemar_p, paired_bootstrap_ci
 
 DEFAULT_OUT = Path("benchmarks/results/teacher-ablation-full")
 
@@ -47,9 +55,10 @@ def teacher_row(name: str, run_dir: Path) -> dict:
     meta = read_json(run.require(run.teacher_meta, "run the teacher stage first"))
     teacher = stages.load_teacher(cfg, run, len(data.classes))
     x = stages.eval_images(run, data, cfg, "test", teacher_size(cfg))  # read a batch at a time
-    m = classification_metrics(
-        predict_logits(teacher, x, desc=f"test {name}").numpy(), data.labels("test"), data.classes
-    )
+    y = data.labels("test")
+    logits = predict_logits(teacher, x, desc=f"test {name}").numpy()
+    m = classification_metrics(logits, y, data.classes)
+    test = data.subset("test")
     t = cfg.teacher
     return {
         "name": name,
@@ -63,14 +72,40 @@ def teacher_row(name: str, run_dir: Path) -> dict:
             "epochs": t.head_epochs + t.epochs,
             "lr": t.lr,
             "crop_scale": list(cfg.train.crop_scale),
+            "balanced_sampler": cfg.data.balance,
         },
         "params": meta.get("params"),
         "train_seconds": _train_seconds(meta),
-        "test_images": int(len(data.labels("test"))),
+        "test_images": len(test),
+        # which test images (by content) the row is measured on, and which it got right ("1"/"0" per image):
+        # what a paired comparison between rows needs
+        "test_fingerprint": fingerprint("test split", [(it.key, it.sha256) for it in test]),
+        "correct": "".join("1" if ok else "0" for ok in logits.argmax(1) == y),
         "accuracy": m["accuracy"],
         "macro_f1": m["macro_f1"],
         "per_class_recall": m["per_class_recall"],
     }
+
+
+def compare_to(rows: list[dict], reference: str) -> None:
+    """Adds `vs_reference` to every row measured on the reference row's test images: the paired difference
+    in points (row - reference), its bootstrap 95% interval over test images and McNemar's p."""
+    ref = next((r for r in rows if r["name"] == reference), None)
+    if ref is None:
+        raise SystemExit(f"--reference {reference}: no row of that name (rows: {', '.join(r['name'] for r in rows)})")
+    for r in rows:
+        r.pop("vs_reference", None)
+        if r is ref or "correct" not in r or r.get("test_fingerprint") != ref.get("test_fingerprint"):
+            continue
+        a = np.frombuffer(r["correct"].encode(), np.uint8) - ord("0")
+        b = np.frombuffer(ref["correct"].encode(), np.uint8) - ord("0")
+        lo, hi = paired_bootstrap_ci(a, b)
+        r["vs_reference"] = {
+            "reference": reference,
+            "gain_pts": round(100 * float(a.mean() - b.mean()), 2),
+            "ci95": [round(lo, 2), round(hi, 2)],
+            "mcnemar_p": round(mcnemar_p(a, b), 4),
+        }
 
 
 def render_markdown(doc: dict) -> str:
@@ -81,18 +116,26 @@ def render_markdown(doc: dict) -> str:
         f"- machine: {doc['machine']}",
         "- each teacher on its run's test split at its own input size; fine-tuning seconds on a 2-core machine "
         "shared with other jobs (upper bounds)",
+        f"- vs {doc['reference']}: the row's accuracy minus the reference row's on the same test images, in "
+        "points, with its paired bootstrap 95% interval over test images and McNemar's p",
+        "- epochs: head-only + whole-network fine-tuning epochs; sampler: class-balanced (data.balance) or natural",
         "",
-        "| row | teacher | px | members | flips | test acc | macro-F1 | recall per class | fine-tune |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| row | px | members | flips | epochs | sampler | test acc | vs {doc['reference']} (pts) | macro-F1 | "
+        "recall per class | fine-tune |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         s = r["settings"]
         rec = " / ".join(f"{v:.2f}" for v in r["per_class_recall"].values())
         secs = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") is not None else "—"
-        arch = r["arch"].replace("|", "\\|")  # a pipe inside a table cell
+        sampler = {True: "balanced", False: "natural"}.get(s.get("balanced_sampler"), "—")
+        v = r.get("vs_reference")
+        vs = "reference" if r["name"] == doc["reference"] else "—"
+        if v:
+            vs = f"{v['gain_pts']:+.1f} [{v['ci95'][0]:+.1f}, {v['ci95'][1]:+.1f}] p={v['mcnemar_p']:.2g}"
         lines.append(
-            f"| {r['name']} | {arch} | {s['image_size']} | {'+'.join(s['ensemble'])} | "
-            f"{'yes' if s['tta_flips'] else 'no'} | {100 * r['accuracy']:.1f}% | {r['macro_f1']:.3f} | {rec} | {secs} |"
+            f"| {r['name']} | {s['image_size']} | {'+'.join(s['ensemble'])} | {'yes' if s['tta_flips'] else 'no'} | "
+            f"{s['epochs']} | {sampler} | {100 * r['accuracy']:.1f}% | {vs} | {r['macro_f1']:.3f} | {rec} | {secs} |"
         )
     lines += ["", "Run directories:", ""] + [f"- {r['name']}: `{r['run_dir']}`" for r in doc["rows"]]
     return "\n".join(lines) + "\n"
@@ -106,6 +149,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     ap.add_argument("--collect", action="append", default=[], metavar="NAME=RUN_DIR", required=True)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--reference", help="row the others are compared with (default: the first row)")
     a = ap.parse_args(argv)
     rows = []
     for spec in a.collect:
@@ -113,15 +157,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not name or not path or not Path(path).is_dir():
             ap.error(f"--collect expects NAME=RUN_DIR with an existing run directory, got {spec!r}")
         rows.append(teacher_row(name, Path(path)))
-    args = sys.argv[1:] if argv is None else argv
+    for r in rows:
+        r["collected"] = time.strftime("%Y-%m-%d")
+    old = Path(f"{a.out}.json")
+    rows = keep_earlier_rows(old, rows)
+    reference = a.reference or rows[0]["name"]
+    # the command that makes the whole file again, earlier rows included (each row is measured anew)
+    command = " ".join(
+        ["python -m edgekd.benchmarks.teacher_ablation"]
+        + [f"--collect {r['name']}={r['run_dir']}" for r in rows]
+        + ([f"--reference {reference}"] if reference != rows[0]["name"] else [])
+        + [f"--out {a.out}"]
+    )
     doc = {
-        "command": " ".join(["python -m edgekd.benchmarks.teacher_ablation", *args]),
+        "command": command,
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_summary(),
         "rows": rows,
+        "reference": reference,
     }
-    old = Path(f"{a.out}.json")
-    doc["rows"] = keep_earlier_rows(old, rows)
+    compare_to(rows, reference)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     old.write_text(json.dumps(doc, indent=1) + "\n")
     Path(f"{a.out}.md").write_text(render_markdown(doc))

@@ -292,5 +292,6 @@ class OnnxTeacher(nn.Module):
         return int(shape[-1]) if isinstance(shape[-1], int) else -1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.sess.run(None, {self.input_name: x.detach().cpu().float().numpy()})[0]
+        # contiguous: a channels_last batch would hand onnxruntime NHWC-strided memory
+        out = self.sess.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})[0]
         return torch.from_numpy(out)

@@ -35,7 +35,7 @@ from edgekd.pipeline.models import (
 from edgekd.pipeline.progress import log, progress
 from edgekd.pipeline.report import write_core_report
 from edgekd.pipeline.rundir import RunDir, atomic_path, atomic_write_json, fingerprint, read_json, sha256_file
-from edgekd.pipeline.train import TrainData, TrainSpec, predict_logits, train_model
+from edgekd.pipeline.train import TrainData, TrainSpec, loader_workers, predict_logits, predict_many, train_model
 from edgekd.pipeline.verdict import kd_verdict
 from edgekd.pipeline.views import (
     CachedViews,
@@ -822,20 +822,25 @@ def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
             write_core_report(cfg, run)
         return read_json(run.metrics)
     y = data.labels("test")
-    x = eval_images(run, data, cfg, "test")  # read and normalised a batch at a time
     teacher = load_teacher(cfg, run, k)
-    onnx_t = isinstance(teacher, OnnxTeacher)
-    # a teacher.image_size teacher is evaluated at its own input size (the same store when it is data.image_size)
-    xt = eval_images(run, data, cfg, "test", teacher_size(cfg))
-    logits = {"teacher": predict_logits(teacher, xt, desc="eval teacher", channels_last=not onnx_t).numpy()}
-    seed_logits: dict[str, list[np.ndarray]] = {}
+    models = {
+        f"{kind}:{i}": load_student(cfg, run, k, kind, seed_index=i) for kind in STUDENT_KINDS for i in range(n_seeds)
+    }
+    # one pass over the test split for every model at a size (data.cache=none decodes each image once);
+    # a teacher.image_size teacher is evaluated at its own input size, in its own pass when that differs
+    x = eval_images(run, data, cfg, "test")  # read and normalised a batch at a time
+    workers = loader_workers(cfg.train.num_workers, x)  # data.cache=none: decoded in DataLoader workers
+    if teacher_size(cfg) == cfg.data.image_size:
+        out = predict_many({"teacher": teacher, **models}, x, desc="eval teacher and students", num_workers=workers)
+    else:
+        xt = eval_images(run, data, cfg, "test", teacher_size(cfg))
+        out = predict_many({"teacher": teacher}, xt, desc="eval teacher", num_workers=workers)
+        out.update(predict_many(models, x, desc="eval students", num_workers=workers))
+    logits = {"teacher": out["teacher"].numpy()}
+    seed_logits: dict[str, list[np.ndarray]] = {
+        kind: [out[f"{kind}:{i}"].numpy() for i in range(n_seeds)] for kind in STUDENT_KINDS
+    }
     for kind in STUDENT_KINDS:
-        seed_logits[kind] = [
-            predict_logits(
-                load_student(cfg, run, k, kind, seed_index=i), x, desc=f"eval {student_stage_name(kind, i)}"
-            ).numpy()
-            for i in range(n_seeds)
-        ]
         logits[kind] = seed_logits[kind][0]
         logits.update({f"{kind}_s{i}": lg for i, lg in enumerate(seed_logits[kind]) if i})
     # Test logits for later stages (export parity, benchmark agreement) without re-running the teacher:

@@ -255,7 +255,6 @@ def loader_workers(num_workers: int, images) -> int:
     return max(1, min(4, ((os.cpu_count() or 2) - ranks) // ranks))
 
 
-@torch.no_grad()
 def predict_logits(
     model: nn.Module,
     x: Any,
@@ -267,8 +266,24 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits of `x` (normalised NCHW: a tensor, or an imagestore view read a batch at a time), `batch_size` at a
     time; with `num_workers`, the batches are read in DataLoader workers (a view decoded from the files)."""
-    model.eval()
-    outs = []
+    return predict_many({"": model}, x, batch_size, device, desc, channels_last, num_workers)[""]
+
+
+@torch.no_grad()
+def predict_many(
+    models: dict[str, nn.Module],
+    x: Any,
+    batch_size: int = 128,
+    device: str = "cpu",
+    desc: Optional[str] = None,
+    channels_last: bool = True,
+    num_workers: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Logits of every model on `x`, reading each batch once for all of them (a view decoded from the files,
+    data.cache=none, is decoded once, not once per model)."""
+    for m in models.values():
+        m.eval()
+    outs: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     n_batches = math.ceil(len(x) / batch_size)
     if num_workers and not isinstance(x, torch.Tensor) and n_batches:
         it = torch.utils.data.DataLoader(
@@ -283,8 +298,9 @@ def predict_logits(
         xb = xb.to(device, non_blocking=True)
         if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        outs.append(model(xb).float().cpu())
-    return torch.cat(outs) if outs else torch.empty(0)
+        for name, m in models.items():
+            outs[name].append(m(xb).float().cpu())
+    return {name: torch.cat(o) if o else torch.empty(0) for name, o in outs.items()}
 
 
 def _autocast(device: torch.device, amp: bool):

@@ -66,14 +66,24 @@ try:
     t = json.load(open("benchmarks/results/teacher-ablation-full.json"))
     print()
     print(f"teacher-ablation-full: `{t['command']}`")
-    print("| teacher | px | flips | test accuracy | macro-F1 | recall per class | fine-tuning |")
-    print("|---|---|---|---|---|---|---|")
+    ref = t.get("reference")
+    print(
+        f"| row | teacher | px | flips | test accuracy | vs {ref}, pts [95% CI] | macro-F1 | recall per class "
+        "| fine-tuning |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in t["rows"]:
         s = r["settings"]
         rec = " / ".join(f"{v:.2f}" for v in r["per_class_recall"].values())
+        vr = r.get("vs_reference")
+        vs = (
+            f"{vr['gain_pts']:+.1f} [{vr['ci95'][0]:+.1f}, {vr['ci95'][1]:+.1f}]"
+            if vr
+            else ("reference" if r["name"] == ref else "—")
+        )
         print(
-            f"| {' + '.join(s['ensemble'])} | {s['image_size']} | {'yes' if s['tta_flips'] else 'no'} "
-            f"| {pct(r['accuracy'])} | {r['macro_f1']:.2f} | {rec} | {r['train_seconds'] / 60:.1f} min |"
+            f"| {r['name']} | {' + '.join(s['ensemble'])} | {s['image_size']} | {'yes' if s['tta_flips'] else 'no'} "
+            f"| {pct(r['accuracy'])} | {vs} | {r['macro_f1']:.2f} | {rec} | {r['train_seconds'] / 60:.1f} min |"
         )
 except FileNotFoundError:
     pass
@@ -88,6 +98,24 @@ try:
         print(
             f"| {r['n']:,} | {r['train_images']:,} / {r['val_images']:,} | {r['stage']} | {r['wall_s']:.0f} "
             f"| {r['img_per_s']:.1f} | {p['anon']:.0f} | {p['file']:.0f} |"
+        )
+except FileNotFoundError:
+    pass
+try:
+    ab = json.load(open("benchmarks/results/data-path-quick.json"))
+    print()
+    print(f"data-path-quick: `{ab['command']}`")
+    stages = [s for s in next(iter(ab["means"].values())) if s != "total"]
+    print("| code | " + " | ".join(stages) + " | total s | test acc teacher / student / baseline |")
+    print("|---" * (len(stages) + 3) + "|")
+    for label, m in ab["means"].items():
+        acc = next(r["accuracy"] for r in ab["rows"] if r["label"] == label)
+        print(
+            f"| {label} | "
+            + " | ".join(f"{m[s]:.1f}" for s in stages)
+            + f" | {m['total']:.1f} | "
+            + " / ".join(pct(v) for v in acc.values())
+            + " |"
         )
 except FileNotFoundError:
     pass

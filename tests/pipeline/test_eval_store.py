@@ -31,6 +31,17 @@ def test_evaluate_reads_the_test_split_a_batch_at_a_time_with_any_cache(tiny_run
 
     monkeypatch.setattr(stages, "decode_resized", whole_split)
     monkeypatch.setattr(stages, "predict_logits", functools.partial(train.predict_logits, batch_size=4))
+    in_passes = []  # images read by the model passes
+
+    def predict_many(models, x, **kw):
+        before = sum(reads)
+        out = train.predict_many(models, x, **{**kw, "batch_size": 4})
+        in_passes.append((len(models), sum(reads) - before))
+        return out
+
+    monkeypatch.setattr(stages, "predict_many", predict_many)
+    # reads counted in this process (DataLoader workers for `none` have their own test: test_imagestore.py)
+    monkeypatch.setattr(stages, "loader_workers", lambda *a: 0)
     monkeypatch.setattr(stages, "teacher_logits_of", functools.partial(stages.teacher_logits_of, chunk=4))
     reads = []
     real = imagestore.Normalised.__getitem__
@@ -43,14 +54,21 @@ def test_evaluate_reads_the_test_split_a_batch_at_a_time_with_any_cache(tiny_run
     monkeypatch.setattr(imagestore.Normalised, "__getitem__", read)
     ref = np.load(tiny_run / "eval" / "logits.npz")
     n_test = len(ref["labels"])
+    passes = {}
     for mode in ("ram", "disk", "none"):
         run = _copy(tiny_run, tmp_path / mode, mode)
+        in_passes.clear()
         stages.stage_evaluate(run.config(), run, load_split(run))
+        passes[mode] = list(in_passes)
         got = np.load(run.path("eval", "logits.npz"))
         assert set(got.files) == set(ref.files)
         for k in ref.files:
             assert np.array_equal(got[k], ref[k]), (mode, k)
     assert n_test > 4 and reads and max(reads) <= 4  # every read was one batch, never the split
+    # teacher and every seed of student and baseline in one pass: each test image is read (with `none`,
+    # decoded from its file) once, not once per model
+    n_models = 1 + 2 * run.config().train.seeds
+    assert passes == {mode: [(n_models, n_test)] for mode in ("ram", "disk", "none")}
     assert len(list((tmp_path / "disk" / "cache").glob("test-*.f32"))) == 1
     assert not (tmp_path / "none" / "cache").exists() or not list((tmp_path / "none" / "cache").glob("*.f32"))
 
