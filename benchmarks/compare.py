@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -14,6 +15,14 @@ from edgekd.pipeline.report import load_report
 from edgekd.pipeline.rundir import RunDir, atomic_write_bytes, atomic_write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def write_results(out: Path, doc: dict, markdown: str) -> None:
+    """OUT.json (for programs) and OUT.md (for people) of a benchmark script, each written atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(Path(f"{out}.json"), (json.dumps(doc, indent=1) + "\n").encode())
+    atomic_write_bytes(Path(f"{out}.md"), markdown.encode())
 
 
 def _load(run_dir: str | Path) -> tuple[RunDir, dict]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import re
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from edgekd.benchmarks.compare import RESULTS_DIR
+from edgekd.benchmarks.compare import RESULTS_DIR, write_results
 from edgekd.pipeline.errors import EdgekdError
 from edgekd.pipeline.machine import describe, summary
 from edgekd.pipeline.progress import log
@@ -292,9 +291,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     text = render_markdown(doc)
     print(text)
     if a.save_results:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (RESULTS_DIR / f"{a.save_results}.json").write_text(json.dumps(doc, indent=1) + "\n")
-        (RESULTS_DIR / f"{a.save_results}.md").write_text(text)
+        write_results(RESULTS_DIR / a.save_results, doc, text)
         log(f"converters: {RESULTS_DIR / a.save_results}.md, .json")
     return 0
 

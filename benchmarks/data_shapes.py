@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -38,6 +39,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from edgekd.benchmarks.compare import write_results
 from edgekd.pipeline.config import load_config, parse_set
 from edgekd.pipeline.errors import EdgekdError
 from edgekd.pipeline.machine import summary as machine_summary
@@ -520,19 +522,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         log(f"shape {i + 1}/{len(names)}: {name}")
         rows.append(run_shape(SHAPES[name], work, a.seeds, a.sets, a.force))
     args = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m edgekd.benchmarks.data_shapes", *(_quote(x) for x in args)])
+    command = " ".join(["python -m edgekd.benchmarks.data_shapes", *(shlex.quote(x) for x in args)])
     date = time.strftime("%Y-%m-%d")
     machine_line = machine_summary()
     doc = {"command": command, "date": date, "machine": machine_line, "seeds": a.seeds, "shapes": rows}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{a.out}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    Path(f"{a.out}.md").write_text(render_markdown(rows, command, machine_line, date))
+    write_results(a.out, doc, render_markdown(rows, command, machine_line, date))
     log(f"{len(rows)} shape(s) in {(time.time() - t0) / 60:.1f} min: {a.out}.md, {a.out}.json")
     return 0
-
-
-def _quote(s: str) -> str:
-    return s if re.fullmatch(r"[\w@%+=:,./-]+", s) else "'" + s.replace("'", "'\\''") + "'"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edgekd.benchmarks.data_shapes import _child_env, _gain, _last_error, _quote, model_summary
+from edgekd.benchmarks.compare import write_results
+from edgekd.benchmarks.data_shapes import _child_env, _gain, _last_error, model_summary
 from edgekd.pipeline.machine import summary as machine_summary
 
 STAGES = "data,teacher,soft_labels,student,baseline,evaluate"
@@ -148,7 +150,7 @@ def run_row(row: Row, preset: str, seeds: int, preset_sets: list[str], work: Pat
         done.write_text(json.dumps(outcome, indent=1))
         if code in (0, 3):
             _hand_back(out, base)
-    r = summarise(row, "edgekd " + " ".join(_quote(c) for c in cmd), out, outcome)
+    r = summarise(row, "edgekd " + " ".join(shlex.quote(c) for c in cmd), out, outcome)
     log(f"{row.name}: exit {r['exit_code']} in {r['wall_s']:.0f}s; KD gain {_gain(r)}")
     return r
 
@@ -185,7 +187,7 @@ def collect(spec: str, preset: str, seeds: int) -> dict:
     wall = round(sum(float(v.get("seconds") or 0) for v in stages.values()), 1)
     row = ROWS[name]
     cmd = ["edgekd", "run", "--preset", preset, "--out", str(out), "--seeds", str(seeds), *_sets([], row.sets)[:-2]]
-    return summarise(row, " ".join(_quote(c) for c in cmd), out, {"exit_code": 0, "wall_s": wall})
+    return summarise(row, " ".join(shlex.quote(c) for c in cmd), out, {"exit_code": 0, "wall_s": wall})
 
 
 def keep_earlier_rows(path: Path, rows: list[dict], same: Callable[[dict], bool] = lambda prev: True) -> list[dict]:
@@ -276,8 +278,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows += [run_row(ROWS[n], a.preset, a.seeds, a.sets, work, a.force) for n in names]
     args = sys.argv[1:] if argv is None else argv
     doc = {
-        "command": " ".join(["python -m edgekd.benchmarks.kd_ablation", *(_quote(x) for x in args)]),
-        "base_command": "edgekd " + " ".join(_quote(c) for c in base_cmd)
+        "command": " ".join(["python -m edgekd.benchmarks.kd_ablation", *(shlex.quote(x) for x in args)]),
+        "base_command": "edgekd " + " ".join(shlex.quote(c) for c in base_cmd)
         if (a.rows or not a.collect)
         else "none: every row collected from a finished run directory (--collect); wall = the sum of its stage seconds",
         "date": time.strftime("%Y-%m-%d"),
@@ -290,9 +292,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     doc["rows"] = keep_earlier_rows(old, rows, same=lambda prev: prev.get("preset") == a.preset)
     if doc["rows"] is not rows:
         doc["rows"].sort(key=lambda r: list(ROWS).index(r["name"]) if r["name"] in ROWS else 99)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    old.write_text(json.dumps(doc, indent=1) + "\n")
-    Path(f"{a.out}.md").write_text(render_markdown(doc))
+    write_results(a.out, doc, render_markdown(doc))
     log(f"{len(rows)} row(s) in {(time.time() - t0) / 60:.1f} min: {a.out}.md, {a.out}.json")
     return 0
 

@@ -40,6 +40,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from edgekd.benchmarks.compare import write_results
 from edgekd.pipeline.machine import describe, summary
 
 DEFAULT_OUT = Path("benchmarks/results/scale")
@@ -155,28 +156,16 @@ def subset(pool: Path, dest: Path, n: int, classes: int) -> Path:
 # memory of a process tree
 
 
-def _status_kb(pid: int) -> Optional[dict]:
+def _proc_kb(pid: int, name: str, keys: tuple[str, ...]) -> Optional[dict]:
+    """The `keys` fields (kB) of /proc/PID/NAME; None when the process is gone or has none of them."""
     try:
-        text = Path(f"/proc/{pid}/status").read_text()
+        text = Path(f"/proc/{pid}/{name}").read_text()
     except OSError:
         return None
     out = {}
     for line in text.splitlines():
         key, _, rest = line.partition(":")
-        if key in ("RssAnon", "RssFile", "RssShmem", "VmHWM"):
-            out[key] = int(rest.split()[0])
-    return out
-
-
-def _pss_kb(pid: int) -> Optional[dict]:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    out = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("Pss_Anon", "Pss_File"):
+        if key in keys:
             out[key] = int(rest.split()[0])
     return out or None
 
@@ -223,13 +212,13 @@ class TreeMemory:
         anon = file = shmem = pss_a = pss_f = 0
         pids = process_tree(self.pid)
         for pid in pids:
-            st = _status_kb(pid)
+            st = _proc_kb(pid, "status", ("RssAnon", "RssFile", "RssShmem", "VmHWM"))
             if not st:
                 continue
             anon += st.get("RssAnon", 0)
             file += st.get("RssFile", 0)
             shmem += st.get("RssShmem", 0)
-            pss = _pss_kb(pid)
+            pss = _proc_kb(pid, "smaps_rollup", ("Pss_Anon", "Pss_File"))
             if pss:
                 pss_a += pss.get("Pss_Anon", 0)
                 pss_f += pss.get("Pss_File", 0)
@@ -485,9 +474,7 @@ def _loadavg() -> Optional[list[float]]:
 
 
 def _write(out: Path, res: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
-    out.with_suffix(".md").write_text(render_markdown(res))
+    write_results(out, res, render_markdown(res))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -541,7 +528,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "complete": False,
     }
     rows = res["rows"]
-    old = a.out.with_suffix(".json")
+    old = Path(f"{a.out}.json")
     if old.exists():  # sizes measured by an earlier call with the same settings and images are kept
         prev = json.loads(old.read_text())
         same = prev.get("settings") == settings and {k: prev.get("generation", {}).get(k) for k in GEN_KEYS} == {
@@ -572,7 +559,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         res["loadavg_end"] = _loadavg()
         res["extrapolation"] = extrapolate(rows, a.target, a.target_procs)
         _write(a.out, res)  # after every size: an interrupted run keeps the sizes it finished
-    print(f"scale: wrote {a.out.with_suffix('.md')} and .json; log {log_path}")
+    print(f"scale: wrote {a.out}.md and .json; log {log_path}")
     return 1 if any(r["rc"] for r in rows) else 0
 
 

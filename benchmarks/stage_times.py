@@ -14,8 +14,8 @@ machine so that a change in the machine's load falls on both.
 from __future__ import annotations
 
 import argparse
-import json
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from edgekd.benchmarks.compare import write_results
 from edgekd.pipeline.machine import summary as machine_summary
 from edgekd.pipeline.rundir import RunDir, read_json
 
@@ -114,7 +115,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         labels[label] = text
     args = sys.argv[1:] if argv is None else argv
     doc = {
-        "command": " ".join(["python -m edgekd.benchmarks.stage_times", *(f"'{x}'" if " " in x else x for x in args)]),
+        "command": " ".join(["python -m edgekd.benchmarks.stage_times", *map(shlex.quote, args)]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_summary(),
         "labels": labels,
@@ -122,9 +123,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "rows": rows,
         "means": group_means(rows),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{a.out}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    Path(f"{a.out}.md").write_text(render_markdown(doc))
+    write_results(a.out, doc, render_markdown(doc))
     print(f"{len(rows)} row(s): {a.out}.md, {a.out}.json")
     return 0
 

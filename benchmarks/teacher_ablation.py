@@ -17,7 +17,7 @@ stores. Rows on another test split (another data fingerprint) are not compared.
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 
+from edgekd.benchmarks.compare import write_results
 from edgekd.benchmarks.kd_ablation import keep_earlier_rows
 from edgekd.pipeline.config import load_config, teacher_size
 from edgekd.pipeline.data import load_split
@@ -165,9 +166,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     # the command that makes the whole file again, earlier rows included (each row is measured anew)
     command = " ".join(
         ["python -m edgekd.benchmarks.teacher_ablation"]
-        + [f"--collect {r['name']}={r['run_dir']}" for r in rows]
-        + ([f"--reference {reference}"] if reference != rows[0]["name"] else [])
-        + [f"--out {a.out}"]
+        + [f"--collect {shlex.quote(r['name'] + '=' + r['run_dir'])}" for r in rows]
+        + ([f"--reference {shlex.quote(reference)}"] if reference != rows[0]["name"] else [])
+        + [f"--out {shlex.quote(str(a.out))}"]
     )
     doc = {
         "command": command,
@@ -177,9 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "reference": reference,
     }
     compare_to(rows, reference)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    old.write_text(json.dumps(doc, indent=1) + "\n")
-    Path(f"{a.out}.md").write_text(render_markdown(doc))
+    write_results(a.out, doc, render_markdown(doc))
     print(f"{len(rows)} row(s): {a.out}.md, {a.out}.json")
     return 0
 
