@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from edgekd.benchmarks.compare import write_results
+from edgekd.pipeline.errors import EdgekdError
 from edgekd.pipeline.machine import summary as machine_summary
 from edgekd.pipeline.rundir import RunDir, read_json
 
@@ -104,7 +105,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         name, _, path = spec.partition("=")
         if not name or not path or not Path(path).is_dir():
             ap.error(f"--collect expects NAME=RUN_DIR with an existing run directory, got {spec!r}")
-        row, logits = run_row(name, Path(path), first)
+        try:
+            row, logits = run_row(name, Path(path), first)
+        except EdgekdError as e:  # not a finished run (no stages.json, no evaluate): one line, not a traceback
+            ap.exit(2, f"error: --collect {spec}: {e}\n")
         first = logits if first is None else first
         rows.append(row)
     labels = {}

@@ -29,6 +29,7 @@ from edgekd.benchmarks.compare import write_results
 from edgekd.benchmarks.kd_ablation import keep_earlier_rows
 from edgekd.pipeline.config import load_config, teacher_size
 from edgekd.pipeline.data import load_split
+from edgekd.pipeline.errors import EdgekdError
 from edgekd.pipeline.evaluate import classification_metrics
 from edgekd.pipeline.machine import summary as machine_summary
 from edgekd.pipeline.rundir import RunDir, fingerprint, read_json
@@ -157,7 +158,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         name, _, path = spec.partition("=")
         if not name or not path or not Path(path).is_dir():
             ap.error(f"--collect expects NAME=RUN_DIR with an existing run directory, got {spec!r}")
-        rows.append(teacher_row(name, Path(path)))
+        try:
+            rows.append(teacher_row(name, Path(path)))
+        except EdgekdError as e:  # not a finished run (no config, no teacher): one line, not a traceback
+            ap.exit(2, f"error: --collect {spec}: {e}\n")
     for r in rows:
         r["collected"] = time.strftime("%Y-%m-%d")
     old = Path(f"{a.out}.json")

@@ -36,3 +36,15 @@ def test_rows_means_and_logit_differences(tiny_run, tmp_path):
     assert abs(third["max_abs_logit_diff_vs_first"]["student"] - 0.5) < 1e-6
     md = (tmp_path / "ab.md").read_text()
     assert "| old2 |" in md and "- old: before" in md
+
+
+def test_a_folder_that_is_not_a_finished_run_is_one_line_exit_2(tmp_path, capsys):
+    import pytest
+
+    (tmp_path / "not-a-run").mkdir()
+    with pytest.raises(SystemExit) as e:
+        stage_times.main(["--collect", f"a={tmp_path / 'not-a-run'}", "--out", str(tmp_path / "ab")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stages.json is missing" in err
+    assert not list(tmp_path.glob("ab.*"))  # nothing written

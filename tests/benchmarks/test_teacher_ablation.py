@@ -56,3 +56,15 @@ def test_rows_are_compared_pairwise_on_the_same_test_images():
     assert v["gain_pts"] == 15.0 and 0 < v["ci95"][0] < 15 < v["ci95"][1] and v["mcnemar_p"] < 1e-6
     assert rows[2]["vs_reference"]["gain_pts"] == 0.0 and rows[2]["vs_reference"]["mcnemar_p"] == 1.0
     assert "vs_reference" not in rows[0] and "vs_reference" not in rows[3]  # itself; another test split
+
+
+def test_a_folder_that_is_not_a_finished_run_is_one_line_exit_2(tmp_path, capsys):
+    import pytest
+
+    (tmp_path / "not-a-run").mkdir()
+    with pytest.raises(SystemExit) as e:
+        teacher_ablation.main(["--collect", f"a={tmp_path / 'not-a-run'}", "--out", str(tmp_path / "t")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config file not found" in err
+    assert not list(tmp_path.glob("t.*"))
