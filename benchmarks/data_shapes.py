@@ -290,7 +290,8 @@ def _mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
 
 def model_summary(rep: dict, name: str) -> dict:
     """accuracy / macro_f1 of teacher, student or baseline from report.json (the mean over seeds where the run
-    trained several), with their std over seeds (`accuracy_std`, None for one model) and per-seed values."""
+    trained several), with their std over seeds (`accuracy_std`, None for one model) and per-seed values, and
+    `agreement_teacher_train` (mean over seeds) where the run measured it."""
     m = rep.get(name) or {}
     out: dict = {}
     per_seed = m.get("per_seed") if isinstance(m.get("per_seed"), list) else []
@@ -301,6 +302,10 @@ def model_summary(rep: dict, name: str) -> dict:
         out[f"{key}_std"] = m.get(f"{key}_std", sd if len(per) > 1 else None)
         if per:
             out[f"{key}_per_seed"] = per
+    # fidelity: agreement with the teacher on training images, the mean over seeds (report.json's own is seed 0's)
+    fit = [r["agreement_teacher_train"] for r in per_seed if isinstance(r, dict) and r.get("agreement_teacher_train")]
+    if fit:
+        out["agreement_teacher_train"] = sum(fit) / len(fit)
     return out
 
 

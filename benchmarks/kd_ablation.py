@@ -29,6 +29,7 @@ from typing import Optional
 
 from edgekd.benchmarks.compare import write_results
 from edgekd.benchmarks.data_shapes import _child_env, _gain, _last_error, model_summary
+from edgekd.pipeline.config import load_config, sets_against_preset
 from edgekd.pipeline.machine import summary as machine_summary
 
 STAGES = "data,teacher,soft_labels,student,baseline,evaluate"
@@ -77,6 +78,16 @@ ROWS = {
             "views8-ens",
             "8 views, teacher = Lite2 + Lite1 ensemble, flip-averaged (a stronger teacher)",
             ("kd.cache_views=8", "teacher.ensemble=[efficientnet_lite2,efficientnet_lite1]"),
+        ),
+        Row(
+            "views8-T4-60ep",
+            "8 views, alpha 0.9 / T 4, 60 epochs (student and baseline: a patient schedule)",
+            ("kd.cache_views=8", "kd.alpha=0.9", "kd.temperature=4", "train.epochs=60"),
+        ),
+        Row(
+            "views8-T1",
+            "8 views, alpha 0.9 / T 1 (the teacher's own distribution: sharper targets for a student that underfits)",
+            ("kd.cache_views=8", "kd.alpha=0.9", "kd.temperature=1"),
         ),
         Row(
             "views8-auto",
@@ -178,7 +189,9 @@ def summarise(row: Row, command: str, out: Path, outcome: dict) -> dict:
 
 def collect(spec: str, preset: str, seeds: int) -> dict:
     """`NAME=RUN_DIR`: a row from a run made by hand with the row's settings (`edgekd run --preset P --seeds N`
-    plus the row's --set values); its wall time is the sum of the stage seconds in stages.json."""
+    plus the row's --set values); its wall time is the sum of the stage seconds in stages.json. Its command
+    sets every setting in which the run's config.yaml differs from the preset today, so it rebuilds the run
+    after a preset changed."""
     name, _, path = spec.partition("=")
     if name not in ROWS or not path:
         raise SystemExit(f"--collect expects NAME=RUN_DIR with NAME one of {', '.join(ROWS)}")
@@ -186,7 +199,9 @@ def collect(spec: str, preset: str, seeds: int) -> dict:
     stages = json.loads((out / "stages.json").read_text())
     wall = round(sum(float(v.get("seconds") or 0) for v in stages.values()), 1)
     row = ROWS[name]
-    cmd = ["edgekd", "run", "--preset", preset, "--out", str(out), "--seeds", str(seeds), *_sets([], row.sets)[:-2]]
+    cmd = ["edgekd", "run", "--preset", preset, "--out", str(out), "--seeds", str(seeds)]
+    for item in sets_against_preset(load_config(out / "config.yaml")):
+        cmd += ["--set", item]
     return summarise(row, " ".join(shlex.quote(c) for c in cmd), out, {"exit_code": 0, "wall_s": wall})
 
 
@@ -220,16 +235,18 @@ def render_markdown(doc: dict) -> str:
         f"- base run (teacher trained once, shared by every row): `{doc['base_command']}`",
         "- accuracy and macro-F1 on the 656-image test split, mean ± std over seeds; KD gain = student − baseline "
         "in points with its paired bootstrap 95% interval and McNemar's p (edgekd.pipeline.verdict); wall: the "
-        "row's own `edgekd run` (reused stages cost nothing)",
+        "row's own `edgekd run` (reused stages cost nothing); student fit: the KD student's top-1 agreement with "
+        "the teacher on its training images, % (mean over seeds; under 90 it underfits the teacher)",
         "",
-        "| row | change | teacher | student acc | baseline acc | student F1 | baseline F1 | KD gain (pts) | wall |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | change | teacher | student acc | baseline acc | student F1 | baseline F1 | student fit "
+        "| KD gain (pts) | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         lines.append(
             f"| {r['name']} | {r['change']} | {_ms(r['teacher'])} | {_ms(r['student'])} | {_ms(r['baseline'])} "
             f"| {_ms(r['student'], 'macro_f1', 1, '{:.2f}')} | {_ms(r['baseline'], 'macro_f1', 1, '{:.2f}')} "
-            f"| {_gain(r)} | {r['wall_s'] / 60:.1f} min |"
+            f"| {_ms(r['student'], 'agreement_teacher_train')} | {_gain(r)} | {r['wall_s'] / 60:.1f} min |"
         )
     lines += ["", "Commands:", ""]
     lines += [

@@ -213,12 +213,11 @@ def models_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Bl
                 num(r.get("macro_f1"), 3) + (f" ± {r['macro_f1_std']:.3f}" if several else ""),
                 num(r.get("ece"), 3),
                 pct(r.get("agreement_teacher")),
+                pct(r.get("agreement_teacher_train")),
             ]
         )
-    blocks: list[Block] = [
-        ("h2", "Models (PyTorch, test split)"),
-        ("table", ["model", "arch", "params", "accuracy", "macro-F1", "ECE", "agreement with teacher"], rows),
-    ]
+    header = ["model", "arch", "params", "accuracy", "macro-F1", "ECE", "agreement with teacher", "on train images"]
+    blocks: list[Block] = [("h2", "Models (PyTorch, test split)"), ("table", header, rows)]
     seeds = max((r or {}).get("seeds") or 1 for r in (s, b))
     if seeds > 1:
         blocks.append(
@@ -226,6 +225,15 @@ def models_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Bl
                 "p",
                 f"Student and baseline: mean ± std over {seeds} seeds; ECE, agreement, per-class recall and the "
                 "confusion matrix are seed 0's (the shipped model).",
+            )
+        )
+    if (s or {}).get("agreement_teacher_train") is not None:
+        blocks.append(
+            (
+                "p",
+                f"Agreement on train images: top-1 agreement with the teacher on {s.get('fidelity_images')} training "
+                "images (fidelity). Low there too, the student underfits the teacher (train longer); high there but "
+                "low on test, it needs more diverse distillation data.",
             )
         )
     return blocks

@@ -249,19 +249,10 @@ RETRAIN_HINT = {
 }
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _refuse_contradictions(command: str, saved, cfg, run) -> None:
-    old, new = _flat(saved.model_dump(mode="json")), _flat(cfg.model_dump(mode="json"))
+    from edgekd.pipeline.config import flat_settings
+
+    old, new = flat_settings(saved.model_dump(mode="json")), flat_settings(cfg.model_dump(mode="json"))
     allowed = SETTABLE[command] + SPEED_KEYS + NO_WEIGHTS
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key) or any(key == a or key.startswith(a + ".") for a in allowed):

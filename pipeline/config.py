@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -363,6 +364,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             # forward cost, paid once in the soft-labels pass
             "tta_flips": True,
         },
+        # 60 epochs was measured (kd-ablation-full.md views8-T4-60ep, checkpoint-choice.md): the hard-label
+        # baseline gained 2 points, the KD student within noise, for twice the training time; 30 stays
         "train": {"epochs": 30, "min_steps": 800},
         # consistent teaching: the student replays 8 teacher-labelled views per image (issue 12). alpha / T stay
         # the classic 0.9 / 4: kd auto, choosing on ELPV's 197 validation images, picked 0.1 / 1, which did worse
@@ -487,3 +490,29 @@ def load_config(
 def with_overrides(cfg: Config, overrides: dict) -> Config:
     """`cfg` (e.g. a run's saved config) with nested `overrides` applied and validated again."""
     return load_config(None, cfg.preset, _deep_update(cfg.model_dump(mode="json"), overrides))
+
+
+def flat_settings(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dump as {'train.epochs': 30, ...} (the keys `--set` takes)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_settings(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def sets_against_preset(cfg: Config, skip: tuple[str, ...] = ("train.seeds", "stages")) -> list[str]:
+    """`KEY=VALUE` for every setting of `cfg` that differs from its preset as the preset is now: with them
+    `edgekd run --preset P` rebuilds `cfg`, even after the preset changed. `skip`: keys a command sets otherwise."""
+    mine = flat_settings(cfg.model_dump(mode="json"))
+    base = flat_settings(load_config(None, cfg.preset).model_dump(mode="json"))
+    return [f"{k}={_set_value(v)}" for k, v in mine.items() if k not in skip and v != base.get(k)]
+
+
+def _set_value(v: Any) -> str:
+    """A value as `--set` reads it back (YAML): plain text when it parses to itself, else JSON (valid YAML)."""
+    if isinstance(v, str) and v and yaml.safe_load(v) == v:
+        return v
+    return json.dumps(v, separators=(",", ":"))

@@ -94,6 +94,44 @@ def collapse_gate(name: str, metrics: dict, labels: np.ndarray, num_classes: int
     }
 
 
+# Fidelity (Stanton et al. 2021, "Does knowledge distillation really work?"): a student that does not match its
+# teacher on the very images it was trained on has an optimisation problem, which more data cannot fix; one that
+# matches on train but not on test needs more (diverse) distillation data, which longer training cannot fix.
+FIDELITY_IMAGES = 2000  # training images the fidelity check predicts (evenly spaced): +-1 pt on the agreement
+UNDERFIT_AGREEMENT = 0.90  # below this train agreement the student has not learnt its teacher
+FIDELITY_GAP = 0.10  # train minus test agreement above this: the student learnt the training images only
+
+
+def fidelity_sample(n: int, limit: int = FIDELITY_IMAGES) -> np.ndarray:
+    """Indices of at most `limit` of n training images, evenly spaced (every class, no RNG)."""
+    return np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(np.int64)) if n else np.zeros(0, np.int64)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Top-1 agreement of two logit arrays (share of rows with the same argmax)."""
+    return float((a.argmax(1) == b.argmax(1)).mean()) if len(a) else 0.0
+
+
+def fidelity_advice(train_agreement: float, test_agreement: float, epochs: int | None = None) -> list[str]:
+    """What the KD student's agreement with its teacher on train and on test says to change (means over seeds)."""
+    if train_agreement < UNDERFIT_AGREEMENT:
+        now = f", now {epochs}" if epochs else ""
+        return [
+            f"the KD student matches its teacher on only {train_agreement:.0%} of its own training images (test "
+            f"{test_agreement:.0%}): it underfits the teacher, an optimisation problem. Try a larger student "
+            f"(student.arch=mobilenet_v3_large, student.width_mult) or a longer schedule (train.epochs{now}); "
+            "more data will not help until it fits"
+        ]
+    if train_agreement - test_agreement > FIDELITY_GAP:
+        return [
+            f"the KD student matches its teacher on {train_agreement:.0%} of its training images but on only "
+            f"{test_agreement:.0%} of test images: it learnt the training images, not the teacher's function. Give "
+            "it more diverse distillation data: data.unlabeled (teacher-labelled images), kd.cache_views, "
+            "train.mixup"
+        ]
+    return []
+
+
 def kd_advice(
     teacher: dict, student: dict, baseline: dict, student_val: float | None = None, baseline_val: float | None = None
 ) -> list[str]:

@@ -18,7 +18,15 @@ from edgekd.pipeline.config import Config, teacher_size
 from edgekd.pipeline.coverage import coverage_report
 from edgekd.pipeline.data import UNLABELED, DataSplit, decode_resized, load_split, prepare_data
 from edgekd.pipeline.errors import EdgekdError, GateFailed
-from edgekd.pipeline.evaluate import accuracy_gap_gate, classification_metrics, collapse_gate, kd_advice
+from edgekd.pipeline.evaluate import (
+    accuracy_gap_gate,
+    agreement,
+    classification_metrics,
+    collapse_gate,
+    fidelity_advice,
+    fidelity_sample,
+    kd_advice,
+)
 from edgekd.pipeline.imagestore import Normalised, cache_directory, file_images, open_eval_store, open_store
 from edgekd.pipeline.models import (
     OnnxTeacher,
@@ -751,9 +759,9 @@ def teacher_logits_of(
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def data_coverage(cfg: Config, data: DataSplit, teacher, test_logits: np.ndarray) -> dict:
-    """report.json `coverage`: teacher confidence and class shares on train / data.unlabeled / test, and flags."""
-    train = teacher_logits_of(teacher, data.subset("train"), cfg, "coverage train")
+def data_coverage(cfg: Config, data: DataSplit, teacher, test_logits: np.ndarray, train: np.ndarray) -> dict:
+    """report.json `coverage`: teacher confidence and class shares on train / data.unlabeled / test, and flags;
+    `train`: the teacher's logits on the training split."""
     extra = data.subset(UNLABELED)
     unl = teacher_logits_of(teacher, extra, cfg, "coverage unlabeled") if extra else None
     return coverage_report(data.classes, (train, data.labels("train")), (test_logits, data.labels("test")), unl)
@@ -847,6 +855,13 @@ def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
     # `student` / `baseline` are seed 0 (the shipped model), `student_s<i>` / `baseline_s<i>` the other seeds.
     with atomic_path(run.path("eval", "logits.npz")) as tmp:
         np.savez(tmp, labels=y, keys=np.array([it.key for it in data.subset("test")]), **logits)
+    # fidelity: each student's agreement with the teacher on (a sample of) the images it was trained on
+    train_items = data.subset("train")
+    teacher_train = teacher_logits_of(teacher, train_items, cfg, "coverage train")
+    sample = fidelity_sample(len(train_items))
+    xs = file_images([train_items[i] for i in sample], cfg.data.image_size, cfg.data.mean, cfg.data.std)
+    fid = predict_many(models, xs, desc="fidelity (train)")
+    fid_train = {name: agreement(lg.numpy(), teacher_train[sample]) for name, lg in fid.items()}
     tmeta = read_json(run.teacher_meta)
     results = {"teacher": classification_metrics(logits["teacher"], y, data.classes)}
     results["teacher"].update(arch=tmeta["arch"], params=tmeta["params"])
@@ -866,11 +881,14 @@ def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
                 "accuracy": pm["accuracy"],
                 "macro_f1": pm["macro_f1"],
                 "agreement_teacher": pm["agreement_teacher"],
+                "agreement_teacher_train": fid_train[f"{kind}:{i}"],
                 "best_val_accuracy": sm.get("best_val_accuracy"),
             }
             for i, (pm, sm) in enumerate(per_seed)
         ]
         m.update(
+            agreement_teacher_train=fid_train[f"{kind}:0"],
+            fidelity_images=len(sample),
             arch=smeta["arch"],
             params=smeta["params"],
             width_mult=smeta["width_mult"],
@@ -885,8 +903,13 @@ def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
         np.stack([lg.argmax(1) == y for lg in seed_logits["baseline"]]),
         seed=cfg.train.seed,
     )
+    kd_rows = results["student"]["per_seed"]
     advice = kd_advice(
         results["teacher"], results["student"], results["baseline"], best_val["student"], best_val["baseline"]
+    ) + fidelity_advice(
+        float(np.mean([r["agreement_teacher_train"] for r in kd_rows])),
+        float(np.mean([r["agreement_teacher"] for r in kd_rows])),
+        read_json(student_seed_dir(run, "student") / "history.json").get("epochs_planned"),
     )
     gates = [
         accuracy_gap_gate(results["teacher"]["accuracy"], results["student"]["accuracy"], cfg.gate.max_accuracy_drop)
@@ -897,7 +920,7 @@ def stage_evaluate(cfg: Config, run: RunDir, data: DataSplit) -> dict:
         gates.append(kd_gain_gate(verdict, cfg.gate.min_kd_gain))
     kd_gain = verdict["kd_gain_mean"]
     metrics = {**results, "kd_gain_points": kd_gain, "kd_verdict": verdict, "advice": advice, "gates": gates}
-    metrics["coverage"] = data_coverage(cfg, data, teacher, logits["teacher"])
+    metrics["coverage"] = data_coverage(cfg, data, teacher, logits["teacher"], teacher_train)
     atomic_write_json(run.metrics, metrics)
     run.mark_stage("evaluate", eval_fp or fingerprint("evaluate", time.time()), time.time() - t0)
     write_core_report(cfg, run)

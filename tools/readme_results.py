@@ -41,6 +41,15 @@ except FileNotFoundError:
 try:
     f = json.load(open("benchmarks/results/elpv-full.json"))
     print(row("`edgekd run --preset full --seeds 3` ([elpv-full](benchmarks/results/elpv-full.md))", f))
+    fit = {
+        k: [r["agreement_teacher_train"] for r in f[k]["per_seed"] if "agreement_teacher_train" in r]
+        for k in ("student", "baseline")
+    }
+    if all(fit.values()):
+        print(
+            "elpv-full fidelity (agreement with the teacher on training images, mean over seeds): "
+            + ", ".join(f"{k} {pct(sum(v) / len(v))}" for k, v in fit.items())
+        )
 except FileNotFoundError:
     pass
 for name in ("kd-ablation-quick", "kd-ablation-full"):
@@ -50,8 +59,8 @@ for name in ("kd-ablation-quick", "kd-ablation-full"):
         continue
     print()
     print(f"{name} ({a['preset']} preset, {a['seeds']} seeds): `{a['command']}`")
-    print("| row | change | teacher | student | baseline | KD gain, 95% interval |")
-    print("|---|---|---|---|---|---|")
+    print("| row | change | teacher | student | baseline | student fit | KD gain, 95% interval |")
+    print("|---|---|---|---|---|---|---|")
     for r in a["rows"]:
         v = r["kd_verdict"] or {}
         lo, hi = v.get("kd_gain_ci95") or (float("nan"), float("nan"))
@@ -60,6 +69,7 @@ for name in ("kd-ablation-quick", "kd-ablation-full"):
             f"| {r['name']} | {r['change']} | {pct(r['teacher']['accuracy'])} "
             f"| {pct(st['accuracy'])} ± {(st.get('accuracy_std') or 0) * 100:.1f} (F1 {st['macro_f1']:.2f}) "
             f"| {pct(bl['accuracy'])} ± {(bl.get('accuracy_std') or 0) * 100:.1f} (F1 {bl['macro_f1']:.2f}) "
+            f"| {pct(st['agreement_teacher_train']) if st.get('agreement_teacher_train') else '—'} "
             f"| {v.get('kd_gain_mean', float('nan')):+.1f} [{lo:+.1f}, {hi:+.1f}] |"
         )
 try:

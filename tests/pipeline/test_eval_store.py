@@ -66,9 +66,10 @@ def test_evaluate_reads_the_test_split_a_batch_at_a_time_with_any_cache(tiny_run
             assert np.array_equal(got[k], ref[k]), (mode, k)
     assert n_test > 4 and reads and max(reads) <= 4  # every read was one batch, never the split
     # teacher and every seed of student and baseline in one pass: each test image is read (with `none`,
-    # decoded from its file) once, not once per model
-    n_models = 1 + 2 * run.config().train.seeds
-    assert passes == {mode: [(n_models, n_test)] for mode in ("ram", "disk", "none")}
+    # decoded from its file) once, not once per model; then the students' fidelity pass over training images
+    seeds, n_train = run.config().train.seeds, len(load_split(run).subset("train"))
+    want = [(1 + 2 * seeds, n_test), (2 * seeds, n_train)]
+    assert passes == {mode: want for mode in ("ram", "disk", "none")}
     assert len(list((tmp_path / "disk" / "cache").glob("test-*.f32"))) == 1
     assert not (tmp_path / "none" / "cache").exists() or not list((tmp_path / "none" / "cache").glob("*.f32"))
 
