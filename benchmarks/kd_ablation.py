@@ -199,8 +199,11 @@ def collect(spec: str, preset: str, seeds: int) -> dict:
     stages = json.loads((out / "stages.json").read_text())
     wall = round(sum(float(v.get("seconds") or 0) for v in stages.values()), 1)
     row = ROWS[name]
+    cfg = load_config(out / "config.yaml")
+    if cfg.preset != preset:
+        raise SystemExit(f"--collect {spec}: that run used the {cfg.preset} preset, not --preset {preset}")
     cmd = ["edgekd", "run", "--preset", preset, "--out", str(out), "--seeds", str(seeds)]
-    for item in sets_against_preset(load_config(out / "config.yaml")):
+    for item in sets_against_preset(cfg):
         cmd += ["--set", item]
     return summarise(row, " ".join(shlex.quote(c) for c in cmd), out, {"exit_code": 0, "wall_s": wall})
 

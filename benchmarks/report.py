@@ -241,7 +241,7 @@ def models_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Bl
 
 def verdict_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Block]:
     """Did distillation help: the KD verdict over seeds (evaluate stage) and the advice."""
-    v, advice = rep.get("kd_verdict"), rep.get("advice") or []
+    v, advice = rep.get("kd_verdict"), (rep.get("advice") or []) + (rep.get("fidelity_advice") or [])
     if not v and not advice:
         return []
     blocks: list[Block] = [("h2", "Did distillation help?")]

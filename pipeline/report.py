@@ -38,6 +38,7 @@ def write_core_report(cfg, run: RunDir) -> dict:
         kd_gain_points=m["kd_gain_points"],
         kd_verdict=m.get("kd_verdict"),
         advice=m.get("advice", []),
+        fidelity_advice=m.get("fidelity_advice", []),
         coverage=m.get("coverage"),
         gates=m["gates"],
         data=data,

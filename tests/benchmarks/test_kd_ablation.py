@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from edgekd.benchmarks import kd_ablation
 from edgekd.pipeline.config import load_config, parse_set
 
@@ -82,6 +84,8 @@ def test_a_collected_row_s_command_rebuilds_its_run_after_the_preset_changed(tmp
     assert f"train.epochs={made.train.epochs}" in sets and "kd.alpha=auto" in sets
     rebuilt = load_config(None, "full", {**parse_set(sets), "train": {**parse_set(sets)["train"], "seeds": 3}})
     assert rebuilt == made  # the command gives the run's config, not today's preset
+    with pytest.raises(SystemExit, match="full preset, not --preset quick"):
+        kd_ablation.collect(f"views8-auto={run}", "quick", 3)
 
 
 def test_a_row_s_student_fit_is_the_mean_over_seeds():
