@@ -369,7 +369,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"epochs": 30, "min_steps": 800},
         # consistent teaching: the student replays 8 teacher-labelled views per image (issue 12). alpha / T stay
         # the classic 0.9 / 4: kd auto, choosing on ELPV's 197 validation images, picked 0.1 / 1, which did worse
-        # over 3 seeds (benchmarks/results/kd-ablation-full.md)
+        # over 3 seeds, and T 1 did the same as T 4 (benchmarks/results/kd-ablation-full.md)
         "kd": {"cache_views": 8},
     },
 }
