@@ -232,8 +232,8 @@ def models_section(run: RunDir, rep: dict, figures: dict[str, bytes]) -> list[Bl
             (
                 "p",
                 f"Agreement on train images: top-1 agreement with the teacher on {s.get('fidelity_images')} training "
-                "images (fidelity). Low there too, the student underfits the teacher (train longer); high there but "
-                "low on test, it needs more diverse distillation data.",
+                "images (fidelity). Low there too, the student underfits the teacher (a larger student or a longer "
+                "schedule); high there but low on test, it needs more diverse distillation data.",
             )
         )
     return blocks

@@ -213,3 +213,18 @@ def test_headline_without_findings_and_on_older_runs(tmp_path):
     text = render(RunDir(old))[0].read_text()
     assert "Did distillation help?" not in text and "(KD +2.2 pts)" not in text and "KD +2.2 pts." in text
     assert "KD did not help" not in text
+
+
+def test_the_models_table_shows_each_student_s_fit_on_training_images():
+    from edgekd.benchmarks.report import models_section
+
+    m = {"arch": "mobilenet_v3_small", "params": 1.5e6, "accuracy": 0.7, "macro_f1": 0.4, "ece": 0.1}
+    rep = {
+        "teacher": {**m, "arch": "efficientnet_lite0"},
+        "student": {**m, "agreement_teacher": 0.8, "agreement_teacher_train": 0.844, "fidelity_images": 1771},
+        "baseline": {**m, "agreement_teacher": 0.78, "agreement_teacher_train": 0.777},
+    }
+    (_, _), (_, header, rows), (_, text) = models_section(None, rep, {})
+    assert header[-1] == "on train images"
+    assert [r[-1] for r in rows] == ["—", "84.4%", "77.7%"]
+    assert "1771 training images" in text
