@@ -303,7 +303,11 @@ def model_summary(rep: dict, name: str) -> dict:
         if per:
             out[f"{key}_per_seed"] = per
     # fidelity: agreement with the teacher on training images, the mean over seeds (report.json's own is seed 0's)
-    fit = [r["agreement_teacher_train"] for r in per_seed if isinstance(r, dict) and r.get("agreement_teacher_train")]
+    fit = [
+        r["agreement_teacher_train"]
+        for r in per_seed
+        if isinstance(r, dict) and r.get("agreement_teacher_train") is not None
+    ]
     if fit:
         out["agreement_teacher_train"] = sum(fit) / len(fit)
     return out

@@ -69,7 +69,7 @@ for name in ("kd-ablation-quick", "kd-ablation-full"):
             f"| {r['name']} | {r['change']} | {pct(r['teacher']['accuracy'])} "
             f"| {pct(st['accuracy'])} ± {(st.get('accuracy_std') or 0) * 100:.1f} (F1 {st['macro_f1']:.2f}) "
             f"| {pct(bl['accuracy'])} ± {(bl.get('accuracy_std') or 0) * 100:.1f} (F1 {bl['macro_f1']:.2f}) "
-            f"| {pct(st['agreement_teacher_train']) if st.get('agreement_teacher_train') else '—'} "
+            f"| {pct(st['agreement_teacher_train']) if st.get('agreement_teacher_train') is not None else '—'} "
             f"| {v.get('kd_gain_mean', float('nan')):+.1f} [{lo:+.1f}, {hi:+.1f}] |"
         )
 try:

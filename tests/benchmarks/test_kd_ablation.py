@@ -95,3 +95,10 @@ def test_a_row_s_student_fit_is_the_mean_over_seeds():
     rep = {"student": {"accuracy": 0.71, "agreement_teacher_train": 0.80, "per_seed": seeds}}  # top level: seed 0
     assert abs(model_summary(rep, "student")["agreement_teacher_train"] - 0.85) < 1e-12
     assert "agreement_teacher_train" not in model_summary({"student": {"accuracy": 0.7}}, "student")
+
+
+def test_a_student_fit_of_zero_counts():
+    from edgekd.benchmarks.data_shapes import model_summary
+
+    seeds = [{"accuracy": 0.5, "agreement_teacher_train": 0.0}, {"accuracy": 0.5, "agreement_teacher_train": 1.0}]
+    assert model_summary({"student": {"per_seed": seeds}}, "student")["agreement_teacher_train"] == 0.5
